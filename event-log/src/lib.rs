@@ -1,0 +1,16 @@
+//! What every Meridian process shares about the event log.
+//!
+//! - [`settings`]: connection settings read from `MERIDIAN_*` environment variables.
+//! - [`database`]: connects to PostgreSQL, creating the database and applying migrations.
+//! - [`message`]: how a stored event travels on Kafka (key, headers, value).
+//! - [`topic`]: topic names and creation.
+//! - [`telemetry`]: the tracing subscriber every binary installs.
+
+pub mod database;
+pub mod message;
+pub mod settings;
+pub mod telemetry;
+pub mod topic;
+
+pub use message::{EventMessage, StoredEvent};
+pub use settings::Settings;
