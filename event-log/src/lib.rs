@@ -5,11 +5,13 @@
 //! - [`message`]: how a stored event travels on Kafka (key, headers, value).
 //! - [`topic`]: topic names and creation.
 //! - [`telemetry`]: the tracing subscriber every binary installs.
+//! - [`testing`]: a database and topic prefix per integration test.
 
 pub mod database;
 pub mod message;
 pub mod settings;
 pub mod telemetry;
+pub mod testing;
 pub mod topic;
 
 pub use message::{EventMessage, StoredEvent};

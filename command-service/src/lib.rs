@@ -1,0 +1,1 @@
+//! HTTP command API of Meridian and the outbox relay to Kafka.

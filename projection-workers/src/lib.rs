@@ -1,0 +1,1 @@
+//! Kafka consumers that fold Meridian events into PostgreSQL read models and MongoDB analytics.

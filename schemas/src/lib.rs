@@ -1,0 +1,1 @@
+//! JSON Schemas of Meridian events and a validator for them.

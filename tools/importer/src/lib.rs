@@ -1,0 +1,1 @@
+//! Imports AIS vessel reports in MarineCadastre's CSV format into Meridian.
