@@ -1,1 +1,172 @@
-//! HTTP read API of Meridian.
+//! HTTP read API of Meridian. It reads only the read models that the projection workers
+//! write, so its responses trail the commands by the projections' lag (see `/v1/stats`).
+//!
+//! - [`routes`]: one module of handlers per resource.
+//! - [`error`]: [`ApiError`](error::ApiError), the JSON error body and the middleware that
+//!   adds the request id to it.
+//! - [`extract`]: path and query extractors that reject with that body.
+//! - [`cursor`]: the keyset cursor of the location history.
+//! - [`openapi`]: the OpenAPI document.
+
+pub mod cursor;
+pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod routes;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::{MatchedPath, Request};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{middleware, Router};
+use meridian_event_log::settings::var_or;
+use meridian_event_log::Settings;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::routes::{health, locations, stats, users};
+
+/// Default listen address.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8081";
+/// Connections of the PostgreSQL pool.
+pub const DATABASE_CONNECTIONS: u32 = 16;
+/// Time after which a request fails with 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings of the query service process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `MERIDIAN_QUERY_ADDR`, default [`DEFAULT_ADDR`].
+    pub addr: SocketAddr,
+    pub settings: Settings,
+}
+
+impl Config {
+    /// Reads `MERIDIAN_QUERY_ADDR` and the shared `MERIDIAN_*` settings.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let raw = var_or("MERIDIAN_QUERY_ADDR", DEFAULT_ADDR);
+        let addr = raw
+            .parse()
+            .with_context(|| format!("MERIDIAN_QUERY_ADDR must be host:port, got {raw:?}"))?;
+        Ok(Self {
+            addr,
+            settings: Settings::from_env()?,
+        })
+    }
+}
+
+/// State shared by every handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    /// Topic whose offsets `/v1/stats` compares to compute projection lag.
+    pub events_topic: String,
+}
+
+impl AppState {
+    /// Connects to PostgreSQL, applying migrations so that the read-model tables exist.
+    pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
+        let pool =
+            meridian_event_log::database::connect(&settings.database_url, DATABASE_CONNECTIONS)
+                .await?;
+        Ok(Self {
+            pool,
+            events_topic: settings.events_topic(),
+        })
+    }
+}
+
+/// Builds every route with its middleware: request id, tracing, error bodies, timeout.
+pub fn router(state: AppState) -> Router {
+    let middleware = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(middleware::from_fn(error::complete_error_response))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ));
+
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/v1/users", get(users::find_users_by_email))
+        .route("/v1/users/{id}", get(users::get_user))
+        .route("/v1/users/{id}/profile", get(users::get_profile))
+        .route(
+            "/v1/users/{id}/location",
+            get(locations::get_latest_location),
+        )
+        .route("/v1/users/{id}/locations", get(locations::list_locations))
+        .route("/v1/stats", get(stats::get_stats))
+        .with_state(state)
+        .layer(middleware)
+}
+
+fn request_span(request: &Request) -> tracing::Span {
+    let path = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(request.uri().path(), MatchedPath::as_str);
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!("request", method = %request.method(), path, request_id)
+}
+
+/// Serves [`router`] on `listener` until `shutdown` completes, then lets requests in
+/// flight finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr().context("listener has no address")?;
+    tracing::info!(%addr, "query service listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("HTTP server failed")?;
+    tracing::info!("query service stopped");
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "failed to listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "failed to listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+
+    tokio::select! {
+        () = ctrl_c => tracing::info!("received Ctrl-C, shutting down"),
+        () = terminate => tracing::info!("received SIGTERM, shutting down"),
+    }
+}

@@ -1,0 +1,43 @@
+//! The OpenAPI 3.1 document served at `/openapi.json`.
+
+use utoipa::OpenApi;
+
+use crate::error::ErrorBody;
+use crate::routes::{health, locations, stats, users};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Meridian query API",
+        description = "Read models of Meridian: users, profiles, locations and projection lag. \
+                       Every error has the body ErrorBody and every response an x-request-id header."
+    ),
+    paths(
+        health::healthz,
+        users::get_user,
+        users::find_users_by_email,
+        users::get_profile,
+        locations::get_latest_location,
+        locations::list_locations,
+        stats::get_stats,
+        openapi_json,
+    ),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "users", description = "Users and profiles"),
+        (name = "locations", description = "Latest location and location history"),
+        (name = "stats", description = "Counts and projection lag"),
+        (name = "health", description = "Liveness and the API description"),
+    )
+)]
+pub struct ApiDoc;
+
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "health",
+    responses((status = 200, description = "This OpenAPI document", content_type = "application/json"))
+)]
+pub async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}

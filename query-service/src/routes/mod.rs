@@ -1,0 +1,6 @@
+//! Handlers, one module per resource.
+
+pub mod health;
+pub mod locations;
+pub mod stats;
+pub mod users;

@@ -1,0 +1,670 @@
+//! The query service against a real PostgreSQL database of its own, with rows written
+//! straight into the read-model tables.
+
+use std::future::Future;
+
+use chrono::{DateTime, Duration, Utc};
+use meridian_event_log::testing::TestDatabase;
+use meridian_query_service::{serve, AppState};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+const TOPIC: &str = "test.query.events";
+
+/// A running query service and the pool of its database.
+#[derive(Clone)]
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    pool: PgPool,
+}
+
+impl Server {
+    async fn get(&self, path: &str) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        self.get_query(path, &[]).await
+    }
+
+    async fn get_query(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .query(query)
+            .send()
+            .await
+            .expect("request failed");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.json().await.expect("body is not JSON");
+        (status, headers, body)
+    }
+}
+
+/// Runs `test` against a fresh database and server, then stops the server and drops the
+/// database, also when the test panics.
+async fn with_server<F, Fut>(test: F)
+where
+    F: FnOnce(Server) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let database = TestDatabase::create().await.expect("test database");
+    let state = AppState {
+        pool: database.pool.clone(),
+        events_topic: TOPIC.to_owned(),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, state, async {
+        stopped.await.ok();
+    }));
+
+    let outcome = tokio::spawn(test(Server {
+        base,
+        client: reqwest::Client::new(),
+        pool: database.pool.clone(),
+    }))
+    .await;
+
+    stop.send(()).ok();
+    server.await.expect("server task").expect("server failed");
+    database.drop_database().await.expect("drop database");
+    if let Err(error) = outcome {
+        std::panic::resume_unwind(error.into_panic());
+    }
+}
+
+fn time(seconds: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_593_475_200, 0).unwrap() + Duration::seconds(seconds)
+}
+
+async fn insert_user(pool: &PgPool, user_id: Uuid, email: &str, active: bool) {
+    sqlx::query(
+        "INSERT INTO rm_users (user_id, email, name, active, registered_at, updated_at,
+                               last_sequence, last_position)
+         VALUES ($1, $2, 'SAMUEL I NEWHOUSE', $3, $4, $5, 3, 17)",
+    )
+    .bind(user_id)
+    .bind(email)
+    .bind(active)
+    .bind(time(0))
+    .bind(time(60))
+    .execute(pool)
+    .await
+    .expect("insert rm_users");
+}
+
+async fn insert_history(pool: &PgPool, user_id: Uuid, sequence: i64, seconds: i64) -> Uuid {
+    let event_id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO rm_location_history (event_id, user_id, sequence, latitude, longitude,
+                                          recorded_at, position)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(event_id)
+    .bind(user_id)
+    .bind(sequence)
+    .bind(40.0 + sequence as f64 / 100.0)
+    .bind(-74.0)
+    .bind(time(seconds))
+    .bind(1000 + sequence)
+    .execute(pool)
+    .await
+    .expect("insert rm_location_history");
+    event_id
+}
+
+fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
+    assert_eq!(status, expected, "body: {body}");
+    assert_eq!(body["error"], code, "body: {body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(body["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+}
+
+fn assert_field_rejected(status: StatusCode, body: &Value, field: &str) {
+    assert_error(
+        status,
+        body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert_eq!(body["field"], field, "body: {body}");
+    assert!(body["reason"].as_str().is_some_and(|r| !r.is_empty()));
+}
+
+#[tokio::test]
+async fn user_by_id_returns_read_model() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        insert_user(&server.pool, user_id, "vessel-1@ais.example", true).await;
+
+        let (status, _, body) = server.get(&format!("/v1/users/{user_id}")).await;
+
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            json!({
+                "user_id": user_id,
+                "email": "vessel-1@ais.example",
+                "name": "SAMUEL I NEWHOUSE",
+                "active": true,
+                "registered_at": "2020-06-30T00:00:00Z",
+                "updated_at": "2020-06-30T00:01:00Z",
+                "last_sequence": 3,
+                "last_position": 17,
+            })
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_ids_are_not_found() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        for suffix in ["", "/profile", "/location", "/locations"] {
+            let (status, _, body) = server.get(&format!("/v1/users/{user_id}{suffix}")).await;
+            assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+            assert_eq!(body["field"], Value::Null);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn non_uuid_id_is_rejected_naming_id() {
+    with_server(|server| async move {
+        for suffix in ["", "/profile", "/location", "/locations"] {
+            let (status, _, body) = server.get(&format!("/v1/users/not-a-uuid{suffix}")).await;
+            assert_field_rejected(status, &body, "id");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn users_by_email_matches_normalized_email() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        insert_user(&server.pool, user_id, "vessel-1@ais.example", false).await;
+        insert_user(&server.pool, Uuid::new_v4(), "other@ais.example", true).await;
+
+        let (status, _, body) = server
+            .get_query("/v1/users", &[("email", "  Vessel-1@AIS.Example ")])
+            .await;
+
+        assert_eq!(status, StatusCode::OK);
+        let users = body["users"].as_array().expect("users array");
+        assert_eq!(users.len(), 1);
+        assert_eq!(users[0]["user_id"], json!(user_id));
+        assert_eq!(users[0]["active"], false);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn users_by_unknown_email_is_empty() {
+    with_server(|server| async move {
+        let (status, _, body) = server
+            .get_query("/v1/users", &[("email", "nobody@ais.example")])
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, json!({"users": []}));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn users_by_email_needs_email() {
+    with_server(|server| async move {
+        let (status, _, body) = server.get("/v1/users").await;
+        assert_field_rejected(status, &body, "email");
+
+        let (status, _, body) = server.get_query("/v1/users", &[("email", "  ")]).await;
+        assert_field_rejected(status, &body, "email");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn profile_returns_settings_and_image() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        let image = json!({"uri": "s3://bucket/a.png", "content_type": "image/png"});
+        sqlx::query(
+            "INSERT INTO rm_profiles (user_id, settings, image, updated_at, last_sequence,
+                                      last_position)
+             VALUES ($1, $2, $3, $4, 2, 40)",
+        )
+        .bind(user_id)
+        .bind(json!({"units": "metric", "share": true}))
+        .bind(&image)
+        .bind(time(5))
+        .execute(&server.pool)
+        .await
+        .expect("insert rm_profiles");
+
+        let (status, _, body) = server.get(&format!("/v1/users/{user_id}/profile")).await;
+
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            json!({
+                "user_id": user_id,
+                "settings": {"units": "metric", "share": true},
+                "image": image,
+                "updated_at": "2020-06-30T00:00:05Z",
+                "last_sequence": 2,
+            })
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn latest_location_returns_stored_fix() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        let event_id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO rm_latest_locations (user_id, latitude, longitude, recorded_at,
+                                              sequence, position, event_id)
+             VALUES ($1, 40.6892, -74.0445, $2, 9, 120, $3)",
+        )
+        .bind(user_id)
+        .bind(time(30))
+        .bind(event_id)
+        .execute(&server.pool)
+        .await
+        .expect("insert rm_latest_locations");
+
+        let (status, _, body) = server.get(&format!("/v1/users/{user_id}/location")).await;
+
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            json!({
+                "user_id": user_id,
+                "latitude": 40.6892,
+                "longitude": -74.0445,
+                "recorded_at": "2020-06-30T00:00:30Z",
+                "sequence": 9,
+                "position": 120,
+                "event_id": event_id,
+            })
+        );
+    })
+    .await;
+}
+
+/// Follows `next_cursor` from the first page to the last, returning every item and the
+/// number of pages.
+async fn read_all_pages(
+    server: &Server,
+    user_id: Uuid,
+    query: &[(&str, &str)],
+) -> (Vec<Value>, usize) {
+    let path = format!("/v1/users/{user_id}/locations");
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut page_query = query.to_vec();
+        if let Some(cursor) = cursor.as_deref() {
+            page_query.push(("cursor", cursor));
+        }
+        let (status, _, body) = server.get_query(&path, &page_query).await;
+        assert_eq!(status, StatusCode::OK, "body: {body}");
+        items.extend(body["items"].as_array().expect("items").iter().cloned());
+        pages += 1;
+        assert!(pages <= 100, "pagination does not end");
+        match body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return (items, pages),
+        }
+    }
+}
+
+#[tokio::test]
+async fn history_pages_have_no_gaps_or_repeats() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        let other_user = Uuid::new_v4();
+        insert_user(&server.pool, user_id, "a@ais.example", true).await;
+        // Inserted out of order; every third pair shares a timestamp, so the sequence
+        // breaks ties.
+        let mut expected = Vec::new();
+        for sequence in (1..=25).rev() {
+            let seconds = (sequence / 3) * 10;
+            let event_id = insert_history(&server.pool, user_id, sequence, seconds).await;
+            expected.push((seconds, sequence, event_id));
+            insert_history(&server.pool, other_user, sequence, seconds).await;
+        }
+        expected.sort();
+
+        let (items, pages) = read_all_pages(&server, user_id, &[("limit", "7")]).await;
+
+        assert_eq!(pages, 4);
+        let sequences: Vec<i64> = items
+            .iter()
+            .map(|i| i["sequence"].as_i64().unwrap())
+            .collect();
+        let expected_sequences: Vec<i64> = expected.iter().map(|e| e.1).collect();
+        assert_eq!(sequences, expected_sequences);
+        let event_ids: Vec<Value> = items.iter().map(|i| i["event_id"].clone()).collect();
+        let expected_ids: Vec<Value> = expected.iter().map(|e| json!(e.2)).collect();
+        assert_eq!(event_ids, expected_ids);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn history_page_exactly_full_has_no_cursor() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        insert_user(&server.pool, user_id, "a@ais.example", true).await;
+        for sequence in 1..=5 {
+            insert_history(&server.pool, user_id, sequence, sequence).await;
+        }
+
+        let (status, _, body) = server
+            .get_query(&format!("/v1/users/{user_id}/locations"), &[("limit", "5")])
+            .await;
+
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["items"].as_array().map(Vec::len), Some(5));
+        assert_eq!(body["next_cursor"], Value::Null);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn history_range_includes_from_and_excludes_to() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        insert_user(&server.pool, user_id, "a@ais.example", true).await;
+        for sequence in 0..10 {
+            insert_history(&server.pool, user_id, sequence, sequence * 60).await;
+        }
+        let from = time(120).to_rfc3339();
+        let to = time(360).to_rfc3339();
+
+        let (items, _) = read_all_pages(
+            &server,
+            user_id,
+            &[("from", &from), ("to", &to), ("limit", "2")],
+        )
+        .await;
+
+        let sequences: Vec<i64> = items
+            .iter()
+            .map(|i| i["sequence"].as_i64().unwrap())
+            .collect();
+        assert_eq!(sequences, vec![2, 3, 4, 5]);
+        assert_eq!(items[0]["recorded_at"], "2020-06-30T00:02:00Z");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn history_accepts_offset_timestamps() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        insert_user(&server.pool, user_id, "a@ais.example", true).await;
+        insert_history(&server.pool, user_id, 1, 0).await;
+        insert_history(&server.pool, user_id, 2, 7200).await;
+
+        let (status, _, body) = server
+            .get_query(
+                &format!("/v1/users/{user_id}/locations"),
+                &[("from", "2020-06-30T03:00:00+01:00")],
+            )
+            .await;
+
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["items"].as_array().map(Vec::len), Some(1));
+        assert_eq!(body["items"][0]["sequence"], 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn history_of_user_without_locations_is_empty() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        insert_user(&server.pool, user_id, "a@ais.example", true).await;
+
+        let (status, _, body) = server.get(&format!("/v1/users/{user_id}/locations")).await;
+
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, json!({"items": [], "next_cursor": null}));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn history_rejects_invalid_parameters() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        insert_user(&server.pool, user_id, "a@ais.example", true).await;
+        let path = format!("/v1/users/{user_id}/locations");
+        let cases: [(&[(&str, &str)], &str); 10] = [
+            (&[("limit", "0")], "limit"),
+            (&[("limit", "1001")], "limit"),
+            (&[("limit", "ten")], "limit"),
+            (&[("limit", "5"), ("limit", "6")], "limit"),
+            (&[("from", "yesterday")], "from"),
+            (&[("from", "2020-06-30")], "from"),
+            (&[("to", "2020-06-30T00:00:00")], "to"),
+            (
+                &[
+                    ("from", "2020-06-30T00:00:00Z"),
+                    ("to", "2020-06-30T00:00:00Z"),
+                ],
+                "to",
+            ),
+            (&[("cursor", "not-a-cursor")], "cursor"),
+            (&[("cursor", "")], "cursor"),
+        ];
+        for (query, field) in cases {
+            let (status, _, body) = server.get_query(&path, query).await;
+            assert_field_rejected(status, &body, field);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stats_count_rows_and_projection_lag() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4().to_string();
+        let events = [
+            (
+                "User",
+                "UserRegistered",
+                json!({"UserRegistered": {"email": "a@ais.example"}}),
+            ),
+            (
+                "LocationTrack",
+                "LocationRecorded",
+                json!({"LocationRecorded": {}}),
+            ),
+            (
+                "LocationTrack",
+                "LocationRecorded",
+                json!({"LocationRecorded": {}}),
+            ),
+        ];
+        for (sequence, (aggregate_type, event_type, payload)) in events.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                     event_version, payload, metadata)
+                 VALUES ($1, $2, $3, $4, '1', $5, '{}')",
+            )
+            .bind(aggregate_type)
+            .bind(&user_id)
+            .bind(i64::try_from(sequence).unwrap() + 1)
+            .bind(event_type)
+            .bind(payload)
+            .execute(&server.pool)
+            .await
+            .expect("insert events");
+        }
+        // One of the three stored events has been published and relayed.
+        sqlx::query("DELETE FROM outbox WHERE position = (SELECT min(position) FROM outbox)")
+            .execute(&server.pool)
+            .await
+            .expect("delete outbox row");
+        insert_user(&server.pool, Uuid::new_v4(), "b@ais.example", true).await;
+        insert_history(&server.pool, Uuid::new_v4(), 1, 0).await;
+        sqlx::query(
+            "INSERT INTO relay_checkpoints (topic, partition, next_offset)
+             VALUES ($1, 0, 5), ($1, 1, 7), ('other.events', 0, 1000)",
+        )
+        .bind(TOPIC)
+        .execute(&server.pool)
+        .await
+        .expect("insert relay_checkpoints");
+        sqlx::query(
+            "INSERT INTO projection_offsets (projection, topic, partition, next_offset)
+             VALUES ('read-models', $1, 0, 5), ('read-models', $1, 1, 4),
+                    ('read-models', 'other.events', 0, 900), ('analytics', $1, 0, 2)",
+        )
+        .bind(TOPIC)
+        .execute(&server.pool)
+        .await
+        .expect("insert projection_offsets");
+
+        let (status, _, body) = server.get("/v1/stats").await;
+
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            json!({
+                "users": 1,
+                "events": 3,
+                "location_events": 2,
+                "location_history": 1,
+                "outbox_pending": 2,
+                // published 12, consumed 9 and 2, plus 2 not yet published
+                "projections": {"read-models": {"lag": 5}, "analytics": {"lag": 12}},
+            })
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stats_of_empty_database_show_no_lag() {
+    with_server(|server| async move {
+        let (status, _, body) = server.get("/v1/stats").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["events"], 0);
+        assert_eq!(body["projections"]["read-models"]["lag"], 0);
+        assert_eq!(body["projections"]["analytics"]["lag"], 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn healthz_reports_ok() {
+    with_server(|server| async move {
+        let (status, _, body) = server.get("/healthz").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, json!({"status": "ok"}));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn openapi_lists_every_route() {
+    with_server(|server| async move {
+        let (status, _, body) = server.get("/openapi.json").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["openapi"], "3.1.0");
+        for path in [
+            "/healthz",
+            "/openapi.json",
+            "/v1/users",
+            "/v1/users/{id}",
+            "/v1/users/{id}/profile",
+            "/v1/users/{id}/location",
+            "/v1/users/{id}/locations",
+            "/v1/stats",
+        ] {
+            assert!(body["paths"][path]["get"].is_object(), "{path} is missing");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn request_id_is_generated_and_echoed() {
+    with_server(|server| async move {
+        let (_, headers, body) = server.get(&format!("/v1/users/{}", Uuid::new_v4())).await;
+        let generated = headers["x-request-id"].to_str().expect("header");
+        assert!(!generated.is_empty());
+        assert_eq!(body["request_id"], generated);
+
+        let response = server
+            .client
+            .get(format!("{}/healthz", server.base))
+            .header("x-request-id", "trace-me-42")
+            .send()
+            .await
+            .expect("request failed");
+        assert_eq!(response.headers()["x-request-id"], "trace-me-42");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_route_and_method_get_json_errors() {
+    with_server(|server| async move {
+        let (status, _, body) = server.get("/v1/nothing-here").await;
+        assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+
+        let response = server
+            .client
+            .post(format!("{}/v1/stats", server.base))
+            .send()
+            .await
+            .expect("request failed");
+        let status = response.status();
+        let body: Value = response.json().await.expect("body is not JSON");
+        assert_error(
+            status,
+            &body,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request",
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn database_failure_returns_opaque_error() {
+    with_server(|server| async move {
+        sqlx::query("DROP TABLE rm_users")
+            .execute(&server.pool)
+            .await
+            .expect("drop rm_users");
+
+        let (status, _, body) = server.get(&format!("/v1/users/{}", Uuid::new_v4())).await;
+
+        assert_error(status, &body, StatusCode::INTERNAL_SERVER_ERROR, "internal");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(
+            !message.contains("rm_users"),
+            "message leaks the cause: {message}"
+        );
+    })
+    .await;
+}
