@@ -2,16 +2,19 @@
 # Installs and runs the local servers that Meridian needs besides the system PostgreSQL and
 # Redis: tansu (Kafka API), nx-27017 (MongoDB wire protocol) and moto (mock of the AWS APIs).
 #
-# Usage: infra/stack.sh install|start|stop|status
+# Usage: infra/stack.sh install|start|stop|status|reset
 #
 #   install  install tansu with cargo when it is missing, and the Python servers into a venv
 #   start    install what is missing, then start every server that is not running yet
 #   stop     stop the servers this script started (never PostgreSQL or Redis)
 #   status   print each server's state; exit status 3 when one of them is down
+#   reset    stop the servers, delete their data and logs (the venv stays), and drop the
+#            PostgreSQL database of MERIDIAN_DATABASE_URL; stop the services first
 #
 # Every server listens on 127.0.0.1. Data, logs and pid files live under MERIDIAN_STACK_DIR
-# (default: .stack at the repository root); `infra/stack.sh stop && rm -rf .stack` resets
-# everything.
+# (default: .stack at the repository root). The events themselves live in the system
+# PostgreSQL, so deleting .stack alone leaves the database and the broker out of step:
+# use `reset` to delete both.
 #
 # Environment:
 #   MERIDIAN_STACK_DIR        data, logs and pid files (default: <repository>/.stack)
@@ -21,6 +24,8 @@
 #   MERIDIAN_POSTGRES_PORT    port of the system PostgreSQL to check (default: 5432)
 #   MERIDIAN_REDIS_PORT       port of the system Redis to check (default: 6379)
 #   MERIDIAN_STACK_WAIT_SECS  seconds to wait for each server to listen (default: 30)
+#   MERIDIAN_DATABASE_URL     database that reset drops
+#                             (default: postgres://postgres@127.0.0.1:5432/meridian)
 set -euo pipefail
 
 # shellcheck source=infra/lib.sh
@@ -48,7 +53,7 @@ MANAGED_SERVERS=(
 )
 
 usage() {
-    sed -n '5,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '5,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -227,7 +232,7 @@ stop_server() {
     fi
 }
 
-# Stops every server at once; each takes one to two seconds to exit after SIGTERM.
+# Stops every server at once, because each takes one to two seconds to exit after SIGTERM.
 stop_all() {
     local name port pattern entry pid failed=0 stoppers=()
     for entry in "${MANAGED_SERVERS[@]}"; do
@@ -239,6 +244,42 @@ stop_all() {
         wait "$pid" || failed=1
     done
     ((failed == 0)) || die "some servers did not stop, see the messages above"
+}
+
+# Sets RESET_ADMIN_URL and RESET_DATABASE from MERIDIAN_DATABASE_URL, failing before anything
+# is stopped when the name is one that reset must not drop.
+resolve_database() {
+    local url=${MERIDIAN_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/meridian} parts
+    command -v psql >/dev/null || die "psql is missing from PATH, and reset needs it"
+    parts=$(python3 - "$url" <<'PYTHON'
+import sys
+import urllib.parse
+
+url = urllib.parse.urlsplit(sys.argv[1])
+print(urllib.parse.urlunsplit(url._replace(path="/postgres")))
+print(urllib.parse.unquote(url.path.lstrip("/")))
+PYTHON
+)
+    RESET_ADMIN_URL=${parts%%$'\n'*}
+    RESET_DATABASE=${parts#*$'\n'}
+    [[ $RESET_DATABASE =~ ^[A-Za-z0-9_]+$ ]] ||
+        die "reset drops only databases named with letters, digits and '_', got '$RESET_DATABASE'"
+    case $RESET_DATABASE in
+    postgres | template0 | template1)
+        die "reset does not drop the system database '$RESET_DATABASE'"
+        ;;
+    esac
+}
+
+reset_all() {
+    resolve_database
+    stop_all
+    log "dropping the PostgreSQL database $RESET_DATABASE"
+    psql -X -q -v ON_ERROR_STOP=1 "$RESET_ADMIN_URL" \
+        -c "DROP DATABASE IF EXISTS \"$RESET_DATABASE\" WITH (FORCE)" ||
+        die "failed to drop the database $RESET_DATABASE"
+    rm -rf "$STACK_DIR/tansu" "$STACK_DIR/mongo" "$STACK_DIR/moto" "$LOG_DIR" "$RUN_DIR"
+    log "deleted the data and logs under $(display_path "$STACK_DIR"); the venv stays"
 }
 
 # Prints one line per server and returns 3 when any of them is down.
@@ -290,6 +331,11 @@ main() {
         ;;
     status)
         status_all
+        ;;
+    reset)
+        check_system_servers
+        take_lock
+        reset_all
         ;;
     *)
         usage

@@ -1,0 +1,64 @@
+# Entry points for working on Meridian. `make` alone lists the targets.
+#
+# The scripts in infra/ do the work; see the comment at the top of each for its settings.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+DEMO_FILE := data/ais/nyharbor_2020_06_30_first_hour.csv
+
+# When infra/stack.sh runs a server on another port, point the services and tests at it too,
+# unless the client setting is given explicitly.
+ifdef MERIDIAN_KAFKA_PORT
+export MERIDIAN_KAFKA_BROKERS ?= 127.0.0.1:$(MERIDIAN_KAFKA_PORT)
+endif
+ifdef MERIDIAN_MONGODB_PORT
+export MERIDIAN_MONGODB_URL ?= mongodb://127.0.0.1:$(MERIDIAN_MONGODB_PORT)/?directConnection=true
+endif
+
+.PHONY: help up down demo import test lint status reset
+
+help: ## List the targets
+	@echo "Targets:"
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | \
+		awk -F ':.*## ' '{ printf "  make %-8s %s\n", $$1, $$2 }'
+
+up: ## Build the release binaries, start the local stack and the four services
+	$(CARGO) build --release --workspace --bins
+	infra/stack.sh start
+	infra/services.sh start --profile release
+
+down: ## Stop the services and the servers that infra/stack.sh started
+	infra/services.sh stop
+	infra/stack.sh stop
+
+demo: up ## Run `make up`, import an hour of AIS data, print a summary, serve until Ctrl-C
+	infra/demo.sh $(or $(FILE),$(DEMO_FILE))
+
+import: ## Import FILE=path.csv into the running services with the release importer
+	infra/import.sh "$(FILE)"
+
+test: ## Start the local stack, build the debug binaries, run every test
+	infra/stack.sh start
+	$(CARGO) build --workspace --bins
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		echo "$(CARGO) nextest run --workspace"; \
+		$(CARGO) nextest run --workspace; \
+	else \
+		echo "cargo-nextest is not installed; running cargo test instead" >&2; \
+		$(CARGO) test --workspace; \
+	fi
+
+lint: ## Check formatting and run clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+status: ## Show the state of the local stack and of the services
+	-infra/stack.sh status
+	-infra/services.sh status
+
+reset: ## Stop everything and delete all data: the stack's data and the meridian database
+	infra/services.sh stop
+	infra/stack.sh reset

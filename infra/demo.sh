@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Runs the demo on the services that `make up` started: imports an AIS file, waits until the
+# projections have caught up, prints a summary, then keeps everything serving until Ctrl-C or
+# SIGTERM, when it runs `make down`.
+#
+# Usage: infra/demo.sh [FILE]   (default: data/ais/nyharbor_2020_06_30_first_hour.csv)
+#
+# Environment:
+#   MERIDIAN_DEMO_WAIT_SECS  seconds to wait for the projections after the import (default: 120)
+set -euo pipefail
+
+# shellcheck source=infra/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+DEFAULT_FILE=$REPO_ROOT/data/ais/nyharbor_2020_06_30_first_hour.csv
+WAIT_SECS=${MERIDIAN_DEMO_WAIT_SECS:-120}
+# Seconds between two checks that the services are still running.
+WATCH_INTERVAL_SECS=10
+
+# Prints the body of GET /v1/stats of the query service.
+fetch_stats() {
+    curl -fsS --max-time 5 "http://$QUERY_ADDR/v1/stats" ||
+        die "GET http://$QUERY_ADDR/v1/stats failed; see $(display_path "$LOG_DIR/query-service.log")"
+}
+
+# Prints the total lag of both projections plus the outbox rows not yet published.
+pending_events() {
+    python3 -c '
+import json, sys
+stats = json.loads(sys.argv[1])
+lags = [stats["projections"][name]["lag"] for name in ("read-models", "analytics")]
+print(sum(lags) + stats["outbox_pending"])
+' "$1"
+}
+
+# Waits until nothing is pending in the outbox or either projection, for at most WAIT_SECS.
+wait_for_projections() {
+    local deadline=$((SECONDS + WAIT_SECS)) pending
+    local stats
+    while true; do
+        stats=$(fetch_stats)
+        pending=$(pending_events "$stats")
+        ((pending > 0)) || return 0
+        if ((SECONDS >= deadline)); then
+            log "warning: $pending events still pending after ${WAIT_SECS} s; the summary shows the lag"
+            return 0
+        fi
+        sleep 0.5
+    done
+}
+
+# Prints the summary from the stats before and after the import and its wall time in seconds.
+print_summary() {
+    local before=$1 after=$2 wall_secs=$3
+    python3 - "$before" "$after" "$wall_secs" "$COMMAND_ADDR" "$QUERY_ADDR" <<'PYTHON'
+import json
+import sys
+
+before, after = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+wall_secs = float(sys.argv[3])
+command_addr, query_addr = sys.argv[4], sys.argv[5]
+
+new_locations = after["location_events"] - before["location_events"]
+rate = new_locations / wall_secs if wall_secs > 0 else 0.0
+lags = after["projections"]
+
+rows = [
+    ("users", f'{after["users"]:,}'),
+    ("events stored", f'{after["events"]:,} ({after["location_events"]:,} location events)'),
+    ("new location events", f"{new_locations:,} in {wall_secs:.1f} s of import wall time"),
+    ("location events/s", f"{rate:,.0f} (new location events / import wall time)"),
+    ("location history rows", f'{after["location_history"]:,}'),
+    (
+        "projection lag",
+        f'read-models {lags["read-models"]["lag"]:,}, analytics {lags["analytics"]["lag"]:,}, '
+        f'outbox pending {after["outbox_pending"]:,}',
+    ),
+    ("command API", f"http://{command_addr}  (OpenAPI: http://{command_addr}/openapi.json)"),
+    ("query API", f"http://{query_addr}  (OpenAPI: http://{query_addr}/openapi.json)"),
+]
+print()
+print("Meridian demo")
+for label, value in rows:
+    print(f"  {label:<22} {value}")
+if new_locations == 0:
+    print()
+    print("  The import stored no new location events: this file was imported before, and the")
+    print("  importer's idempotency keys made the repeat a no-op. make reset deletes all data.")
+print()
+PYTHON
+}
+
+# Stops the services and the stack, then exits.
+shut_down() {
+    trap - INT TERM
+    echo
+    log "stopping everything (make down)"
+    "${MAKE:-make}" -C "$REPO_ROOT" --no-print-directory down
+    exit 0
+}
+
+# Keeps running until a signal arrives, warning once when a service stops meanwhile.
+serve_until_signal() {
+    local warned=0
+    log "serving until Ctrl-C; try: curl http://$QUERY_ADDR/v1/stats"
+    while true; do
+        sleep "$WATCH_INTERVAL_SECS" &
+        wait $! || true
+        if ((warned == 0)) && ! "$REPO_ROOT/infra/services.sh" status >/dev/null 2>&1; then
+            log "warning: a service is down; infra/services.sh status shows which, and its log is under $(display_path "$LOG_DIR")"
+            warned=1
+        fi
+    done
+}
+
+main() {
+    local file=${1:-$DEFAULT_FILE}
+    command -v curl >/dev/null || die "curl is missing from PATH, and the demo needs it"
+    http_ok "http://$QUERY_ADDR/healthz" ||
+        die "Meridian is not running: GET http://$QUERY_ADDR/healthz failed. Start it with make up."
+    trap shut_down INT TERM
+
+    local before after started finished wall_secs
+    before=$(fetch_stats)
+    started=$(date +%s%N)
+    "$REPO_ROOT/infra/import.sh" "$file"
+    finished=$(date +%s%N)
+    wall_secs=$(python3 -c 'import sys; print((int(sys.argv[2]) - int(sys.argv[1])) / 1e9)' \
+        "$started" "$finished")
+
+    wait_for_projections
+    after=$(fetch_stats)
+    print_summary "$before" "$after" "$wall_secs"
+    serve_until_signal
+}
+
+main "$@"

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Imports an AIS CSV file into the running Meridian services with the release importer.
+#
+# Usage: infra/import.sh FILE [IMPORTER_FLAGS...]
+#
+# The services must be running (`make up`). The importer returns once the query service shows
+# every vessel's last report. Flags after FILE go to meridian-import unchanged.
+set -euo pipefail
+
+# shellcheck source=infra/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+main() {
+    if (($# < 1)) || [[ -z $1 ]]; then
+        die "missing the file to import. Usage: infra/import.sh FILE, or make import FILE=FILE"
+    fi
+    local file=$1
+    shift
+    [[ -f $file && -r $file ]] || die "cannot read the file '$file'"
+
+    local importer=$TARGET_DIR/release/meridian-import
+    [[ -x $importer ]] || die "missing $(display_path "$importer"). Build it with" \
+        "cargo build --release -p meridian-importer (make up builds it)"
+
+    local address
+    for address in "$COMMAND_ADDR" "$QUERY_ADDR"; do
+        http_ok "http://$address/healthz" ||
+            die "Meridian is not running: GET http://$address/healthz failed. Start it with make up."
+    done
+
+    exec "$importer" "$file" --command-url "http://$COMMAND_ADDR" \
+        --query-url "http://$QUERY_ADDR" "$@"
+}
+
+main "$@"

@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# Starts, stops and reports the four Meridian processes from binaries that cargo has built.
+#
+# Usage: infra/services.sh start|stop|status [--profile release|debug]
+#
+#   start   start each process that is not running, then wait until both HTTP services
+#           return 200 from GET /healthz and both workers are still alive
+#   stop    send SIGTERM, wait up to 15 s for a graceful shutdown, then send SIGKILL
+#   status  print each process's state; exit status 3 when one of them is down
+#
+# Binaries come from ${CARGO_TARGET_DIR:-target}/<profile>/ (default profile: release), so
+# build them first (`make up` does). Logs go to .stack/logs/<name>.log and pid files to
+# .stack/run/<name>.pid. The processes read the MERIDIAN_* settings from the environment.
+#
+# Environment:
+#   MERIDIAN_COMMAND_ADDR        command service address (default: 127.0.0.1:8080)
+#   MERIDIAN_QUERY_ADDR          query service address (default: 127.0.0.1:8081)
+#   MERIDIAN_SERVICES_WAIT_SECS  seconds to wait for each /healthz (default: 60)
+#   RUST_LOG                     log filter of all four processes (default: info)
+set -euo pipefail
+
+# shellcheck source=infra/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+WAIT_SECS=${MERIDIAN_SERVICES_WAIT_SECS:-60}
+KAFKA_PORT=${MERIDIAN_KAFKA_PORT:-9092}
+MONGODB_PORT=${MERIDIAN_MONGODB_PORT:-27017}
+POSTGRES_PORT=${MERIDIAN_POSTGRES_PORT:-5432}
+# Seconds the workers must stay alive after start. A worker that cannot reach Kafka, MongoDB
+# or PostgreSQL usually exits within this time, but a slower failure goes unnoticed here.
+SETTLE_SECS=2
+STOP_GRACE_SECS=15
+
+# The command service starts first and alone, so that on a fresh machine it creates the
+# database and applies the migrations before the other processes connect.
+SERVICES=(command-service outbox-relay projection-workers query-service)
+
+export RUST_LOG=${RUST_LOG:-info}
+# Make the services listen where this script probes them.
+export MERIDIAN_COMMAND_ADDR=$COMMAND_ADDR MERIDIAN_QUERY_ADDR=$QUERY_ADDR
+
+usage() {
+    sed -n '4,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+# Prints the string that the command line of service NAME contains.
+service_pattern() {
+    printf '/%s \n' "$1"
+}
+
+# Prints the HTTP address of service NAME, or nothing for a worker.
+service_address() {
+    case $1 in
+    command-service) printf '%s\n' "$COMMAND_ADDR" ;;
+    query-service) printf '%s\n' "$QUERY_ADDR" ;;
+    esac
+}
+
+# Fails unless PostgreSQL, the Kafka broker and the MongoDB server accept connections.
+check_stack() {
+    local name port entry missing=()
+    for entry in "PostgreSQL $POSTGRES_PORT" "Kafka $KAFKA_PORT" "MongoDB $MONGODB_PORT"; do
+        read -r name port <<<"$entry"
+        port_open "$port" || missing+=("$name on 127.0.0.1:$port")
+    done
+    if ((${#missing[@]} > 0)); then
+        die "not reachable: ${missing[*]}. Start the local stack with infra/stack.sh start."
+    fi
+}
+
+check_binaries() {
+    local name missing=()
+    for name in "${SERVICES[@]}"; do
+        [[ -x $TARGET_DIR/$PROFILE/$name ]] || missing+=("$(display_path "$TARGET_DIR/$PROFILE/$name")")
+    done
+    if ((${#missing[@]} > 0)); then
+        local flag=""
+        [[ $PROFILE == release ]] && flag=" --release"
+        die "missing binaries: ${missing[*]}. Build them with: cargo build$flag --workspace --bins"
+    fi
+}
+
+# Names of the processes this run started, stopped again if the start fails.
+LAUNCHED=()
+
+stop_launched_on_failure() {
+    local status=$?
+    if ((status != 0 && ${#LAUNCHED[@]} > 0)); then
+        log "start failed; stopping the processes it started: ${LAUNCHED[*]}"
+        stop_services "${LAUNCHED[@]}" || true
+    fi
+}
+
+# Starts service NAME unless it runs already.
+start_service() {
+    local name=$1 address port pid
+    local pidfile=$RUN_DIR/$name.pid logfile=$LOG_DIR/$name.log
+    if pid=$(live_pid "$pidfile" "$(service_pattern "$name")"); then
+        log "$name is already running (pid $pid)"
+        return 0
+    fi
+    address=$(service_address "$name")
+    if [[ -n $address ]] && port_open "$(address_port "$address")"; then
+        die "$address is already in use by another process; stop it or set the address" \
+            "variable (MERIDIAN_COMMAND_ADDR or MERIDIAN_QUERY_ADDR)"
+    fi
+    start_background "$REPO_ROOT" "$logfile" "$pidfile" "$TARGET_DIR/$PROFILE/$name"
+    LAUNCHED+=("$name")
+    log "started $name (pid $(<"$pidfile")), log: $(display_path "$logfile")"
+}
+
+# Waits until GET /healthz of service NAME returns 200, failing with the end of its log when
+# the process exits or WAIT_SECS pass.
+wait_for_health() {
+    local name=$1 address
+    address=$(service_address "$name")
+    local logfile=$LOG_DIR/$name.log deadline=$((SECONDS + WAIT_SECS))
+    until http_ok "http://$address/healthz"; do
+        if ! live_pid "$RUN_DIR/$name.pid" "$(service_pattern "$name")" >/dev/null; then
+            tail -n 20 "$logfile" >&2 || true
+            die "$name exited during start; see $(display_path "$logfile")"
+        fi
+        if ((SECONDS >= deadline)); then
+            tail -n 20 "$logfile" >&2 || true
+            die "GET http://$address/healthz did not return 200 within ${WAIT_SECS} s;" \
+                "see $(display_path "$logfile")"
+        fi
+        sleep 0.2
+    done
+    log "$name is healthy at http://$address"
+}
+
+start_services() {
+    check_stack
+    check_binaries
+    mkdir -p "$LOG_DIR" "$RUN_DIR"
+    trap stop_launched_on_failure EXIT
+
+    start_service command-service
+    wait_for_health command-service
+
+    local name
+    for name in outbox-relay projection-workers query-service; do
+        start_service "$name"
+    done
+    wait_for_health query-service
+
+    # Give workers started by this run a moment to fail on a bad connection setting.
+    if [[ " ${LAUNCHED[*]} " == *" outbox-relay "* || " ${LAUNCHED[*]} " == *" projection-workers "* ]]; then
+        sleep "$SETTLE_SECS"
+    fi
+    for name in outbox-relay projection-workers; do
+        if ! live_pid "$RUN_DIR/$name.pid" "$(service_pattern "$name")" >/dev/null; then
+            tail -n 20 "$LOG_DIR/$name.log" >&2 || true
+            die "$name exited during start; see $(display_path "$LOG_DIR/$name.log")"
+        fi
+    done
+    trap - EXIT
+    log "all services are running: command API http://$COMMAND_ADDR, query API http://$QUERY_ADDR"
+}
+
+# Stops the named services at once: each gets SIGTERM, then SIGKILL after STOP_GRACE_SECS.
+stop_services() {
+    local name pid failed=0 stoppers=()
+    for name in "$@"; do
+        stop_process "$name" "$RUN_DIR/$name.pid" "$(service_pattern "$name")" \
+            "$STOP_GRACE_SECS" &
+        stoppers+=("$!")
+    done
+    for pid in "${stoppers[@]}"; do
+        wait "$pid" || failed=1
+    done
+    ((failed == 0)) || die "some services did not stop, see the messages above"
+}
+
+# Prints one line per service and returns 3 when any of them is down.
+status_services() {
+    local name address pid state down=0
+    printf '%-19s %-16s %s\n' SERVICE ADDRESS STATE
+    for name in "${SERVICES[@]}"; do
+        address=$(service_address "$name")
+        if ! pid=$(live_pid "$RUN_DIR/$name.pid" "$(service_pattern "$name")"); then
+            state="DOWN"
+            down=1
+        elif [[ -n $address ]] && ! http_ok "http://$address/healthz"; then
+            state="UNHEALTHY (pid $pid, GET /healthz failed, log $(display_path "$LOG_DIR/$name.log"))"
+            down=1
+        else
+            state="up (pid $pid, log $(display_path "$LOG_DIR/$name.log"))"
+        fi
+        printf '%-19s %-16s %s\n' "$name" "${address:--}" "$state"
+    done
+    return $((down * 3))
+}
+
+main() {
+    (($# >= 1)) || usage
+    local command=$1
+    shift
+    PROFILE=release
+    while (($# > 0)); do
+        case $1 in
+        --profile)
+            (($# >= 2)) || usage
+            PROFILE=$2
+            shift 2
+            ;;
+        --profile=*)
+            PROFILE=${1#--profile=}
+            shift
+            ;;
+        *) usage ;;
+        esac
+    done
+    [[ $PROFILE == release || $PROFILE == debug ]] ||
+        die "--profile must be release or debug, got '$PROFILE'"
+
+    case $command in
+    start) start_services ;;
+    stop) stop_services "${SERVICES[@]}" ;;
+    status) status_services ;;
+    *) usage ;;
+    esac
+}
+
+main "$@"
