@@ -1,13 +1,17 @@
 # Functions shared by infra/stack.sh, infra/services.sh and infra/demo.sh.
-# Sourcing this file sets REPO_ROOT, STACK_DIR, LOG_DIR and RUN_DIR.
-# shellcheck shell=bash
+# Sourcing this file sets REPO_ROOT, STACK_DIR, LOG_DIR, RUN_DIR, COMMAND_ADDR, QUERY_ADDR
+# and TARGET_DIR.
+# The scripts that source this file use its variables, hence SC2034 (unused variable) is off.
+# shellcheck shell=bash disable=SC2034
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STACK_DIR=${MERIDIAN_STACK_DIR:-$REPO_ROOT/.stack}
-# shellcheck disable=SC2034 # used by the scripts that source this file
 LOG_DIR=$STACK_DIR/logs
-# shellcheck disable=SC2034
 RUN_DIR=$STACK_DIR/run
+# Addresses of the two HTTP services, as the services read them.
+COMMAND_ADDR=${MERIDIAN_COMMAND_ADDR:-127.0.0.1:8080}
+QUERY_ADDR=${MERIDIAN_QUERY_ADDR:-127.0.0.1:8081}
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
 # File descriptor of the lock that infra/stack.sh takes. Background servers must not inherit it,
 # or the lock would stay taken while they run.
 LOCK_FD=9
@@ -60,6 +64,8 @@ start_background() {
     (
         eval "exec $LOCK_FD>&-"
         cd "$workdir" || exit 1
+        # Output goes to a file, so ask for no ANSI colors (tracing-subscriber honors NO_COLOR).
+        export NO_COLOR=${NO_COLOR:-1}
         # The inner shell writes its own pid, then becomes COMMAND through exec.
         # shellcheck disable=SC2016 # $$, $0 and $@ expand in the inner shell
         exec setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" >>"$logfile" 2>&1 </dev/null
@@ -121,6 +127,17 @@ wait_for_port_closed() {
         ((SECONDS < deadline)) || die "127.0.0.1:$port is still open ${timeout} s after $name stopped"
         sleep 0.1
     done
+}
+
+# Succeeds when GET URL returns a 2xx status within two seconds.
+http_ok() {
+    local url=$1
+    if command -v curl >/dev/null; then
+        curl -fsS --max-time 2 -o /dev/null "$url" 2>/dev/null
+    else
+        python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+            "$url" 2>/dev/null
+    fi
 }
 
 # Prints the port of an address such as 127.0.0.1:8080.

@@ -16,7 +16,8 @@
 #   MERIDIAN_COMMAND_ADDR        command service address (default: 127.0.0.1:8080)
 #   MERIDIAN_QUERY_ADDR          query service address (default: 127.0.0.1:8081)
 #   MERIDIAN_SERVICES_WAIT_SECS  seconds to wait for each /healthz (default: 60)
-#   RUST_LOG                     log filter of all four processes (default: info)
+#   RUST_LOG                     log filter of all four processes
+#                                (their default: info,sqlx=warn,rdkafka=warn)
 set -euo pipefail
 
 # shellcheck source=infra/lib.sh
@@ -35,7 +36,6 @@ STOP_GRACE_SECS=15
 # database and applies the migrations before the other processes connect.
 SERVICES=(command-service outbox-relay projection-workers query-service)
 
-export RUST_LOG=${RUST_LOG:-info}
 # Make the services listen where this script probes them.
 export MERIDIAN_COMMAND_ADDR=$COMMAND_ADDR MERIDIAN_QUERY_ADDR=$QUERY_ADDR
 
