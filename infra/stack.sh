@@ -107,6 +107,54 @@ check_system_servers() {
         "and retry."
 }
 
+# Succeeds when the Kafka broker on 127.0.0.1:PORT answers a Metadata request. An open port
+# is not enough: after a panic in its storage task, tansu 0.6.0 keeps accepting connections
+# but closes each one without a response.
+kafka_responds() {
+    local port=$1
+    python3 - "$port" 2>/dev/null <<'PYTHON'
+import socket
+import struct
+import sys
+
+client_id = b"meridian-stack-check"
+# Request header v1 (api key 3 = Metadata, version 1, correlation id 1, client id), then a
+# Metadata v1 body whose null topic array (-1) asks for every topic.
+request = struct.pack(">hhih", 3, 1, 1, len(client_id)) + client_id + struct.pack(">i", -1)
+with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=3) as connection:
+    connection.settimeout(3)
+    connection.sendall(struct.pack(">i", len(request)) + request)
+    response = b""
+    while len(response) < 8:
+        chunk = connection.recv(8 - len(response))
+        if not chunk:
+            sys.exit(1)
+        response += chunk
+size, correlation_id = struct.unpack(">ii", response)
+sys.exit(0 if size >= 4 and correlation_id == 1 else 1)
+PYTHON
+}
+
+# Succeeds when server NAME on PORT responds to requests, not only accepts connections.
+server_responds() {
+    local name=$1 port=$2
+    case $name in
+    tansu) kafka_responds "$port" ;;
+    *) port_open "$port" ;;
+    esac
+}
+
+# Waits up to WAIT_SECS until server NAME on PORT responds to requests.
+wait_for_response() {
+    local name=$1 port=$2
+    local deadline=$((SECONDS + WAIT_SECS))
+    until server_responds "$name" "$port"; do
+        ((SECONDS < deadline)) || die "$name accepts connections on 127.0.0.1:$port but did" \
+            "not respond to requests within ${WAIT_SECS} s; see $(display_path "$LOG_DIR/$name.log")"
+        sleep 0.2
+    done
+}
+
 # Prints the path of the tansu binary, or fails when it is not installed.
 tansu_path() {
     local cargo_bin=${CARGO_HOME:-$HOME/.cargo}/bin/tansu
@@ -171,10 +219,18 @@ start_server() {
     local pidfile=$RUN_DIR/$name.pid logfile=$LOG_DIR/$name.log pid
     if pid=$(live_pid "$pidfile" "$pattern"); then
         wait_for_port "$name" "$port" "$WAIT_SECS" "$pidfile" "$pattern" "$logfile"
-        log "$name is already running on 127.0.0.1:$port (pid $pid)"
-        return 0
-    fi
-    if port_open "$port"; then
+        if server_responds "$name" "$port"; then
+            log "$name is already running on 127.0.0.1:$port (pid $pid)"
+            return 0
+        fi
+        log "warning: $name (pid $pid) accepts connections on 127.0.0.1:$port but does not" \
+            "respond to requests; restarting it. Its log: $(display_path "$logfile")"
+        stop_process "$name" "$pidfile" "$pattern" 10
+        wait_for_port_closed "$name" "$port" 10
+    elif port_open "$port"; then
+        server_responds "$name" "$port" ||
+            die "127.0.0.1:$port accepts connections but does not respond as $name, and this" \
+                "script did not start that process; stop it or choose another port"
         log "warning: 127.0.0.1:$port already accepts connections, but not from a $name" \
             "started by this script; using that server as $name"
         return 0
@@ -201,6 +257,12 @@ start_all() {
     # appends to the log file, so --log-file is /dev/null to avoid writing each line twice.
     # Its own pid file is separate from ours because it refuses to start while the pid it
     # finds in that file is alive.
+    # nx-27017 0.8.1 keeps the file of a dropped database and lists that database again after
+    # a restart, so delete the files of test databases while the server is down. Tests name
+    # their databases meridian_test_<random> and drop them when they finish.
+    if ! live_pid "$RUN_DIR/nx-27017.pid" nx-27017 >/dev/null && ! port_open "$MONGODB_PORT"; then
+        rm -f "$STACK_DIR"/mongo/meridian_test_*.db "$STACK_DIR"/mongo/meridian_test_*.db-*
+    fi
     start_server nx-27017 "$MONGODB_PORT" nx-27017 "$STACK_DIR/mongo" \
         "$VENV_DIR/bin/nx-27017" --host 127.0.0.1 -p "$MONGODB_PORT" \
         --data-dir "$STACK_DIR/mongo" --log-file /dev/null \
@@ -214,6 +276,7 @@ start_all() {
         if [[ " ${LAUNCHED[*]} " == *" $name "* ]]; then
             wait_for_port "$name" "$port" "$WAIT_SECS" "$RUN_DIR/$name.pid" "$pattern" \
                 "$LOG_DIR/$name.log"
+            wait_for_response "$name" "$port"
             log "started $name on 127.0.0.1:$port (pid $(<"$RUN_DIR/$name.pid"))"
         fi
     done
@@ -293,14 +356,23 @@ status_all() {
     for entry in "${MANAGED_SERVERS[@]}"; do
         read -r name port pattern <<<"$entry"
         if pid=$(live_pid "$RUN_DIR/$name.pid" "$pattern"); then
-            if port_open "$port"; then
-                state="up (pid $pid, log $(display_path "$LOG_DIR/$name.log"))"
-            else
+            if ! port_open "$port"; then
                 state="STARTING (pid $pid, not listening yet)"
                 down=1
+            elif ! server_responds "$name" "$port"; then
+                state="BROKEN (pid $pid, accepts connections but does not respond;"
+                state+=" infra/stack.sh start restarts it; log $(display_path "$LOG_DIR/$name.log"))"
+                down=1
+            else
+                state="up (pid $pid, log $(display_path "$LOG_DIR/$name.log"))"
             fi
         elif port_open "$port"; then
-            state="up (not started by this script)"
+            if server_responds "$name" "$port"; then
+                state="up (not started by this script)"
+            else
+                state="BROKEN (not started by this script, accepts connections but does not respond)"
+                down=1
+            fi
         else
             state="DOWN"
             down=1
