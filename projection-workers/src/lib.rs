@@ -1,1 +1,136 @@
-//! Kafka consumers that fold Meridian events into PostgreSQL read models and MongoDB analytics.
+//! Kafka consumers that fold Meridian events into PostgreSQL read models and MongoDB
+//! analytics. Each projection is its own consumer group and task:
+//!
+//! - [`read_models`]: `rm_users`, `rm_profiles`, `rm_latest_locations` and
+//!   `rm_location_history`, with offsets stored in the same transaction.
+//! - [`analytics`]: one MongoDB document per `LocationRecorded` event.
+//! - [`consumer`]: batching, retries, offset commits and partition assignment.
+//! - [`event`]: Kafka messages decoded into domain events.
+//! - [`offsets`]: the `projection_offsets` table.
+
+pub mod analytics;
+pub mod consumer;
+pub mod event;
+pub mod offsets;
+pub mod read_models;
+
+use std::future::Future;
+
+use anyhow::Context;
+use meridian_event_log::Settings;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::analytics::AnalyticsProjection;
+use crate::consumer::ConsumerSettings;
+use crate::read_models::ReadModelProjection;
+
+/// Connections of the PostgreSQL pool that both projections share.
+pub const DATABASE_CONNECTIONS: u32 = 8;
+
+/// Consumer settings of `projection`: its group is `<topic prefix><projection>`.
+pub fn consumer_settings(settings: &Settings, projection: &'static str) -> ConsumerSettings {
+    ConsumerSettings {
+        projection,
+        brokers: settings.kafka_brokers.clone(),
+        group_id: format!("{}{projection}", settings.topic_prefix),
+        topic: settings.events_topic(),
+    }
+}
+
+/// Creates the events topic unless it exists.
+pub async fn ensure_events_topic(settings: &Settings) -> anyhow::Result<()> {
+    meridian_event_log::topic::ensure_topic(
+        &settings.kafka_brokers,
+        &settings.events_topic(),
+        settings.topic_partitions,
+    )
+    .await
+}
+
+/// Runs both projections until `shutdown` completes. When one of them fails, the other
+/// is stopped too and the error is returned.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let pool =
+        meridian_event_log::database::connect(&settings.database_url, DATABASE_CONNECTIONS).await?;
+    let read_models = ReadModelProjection::new(settings.clone(), pool.clone());
+    let analytics = AnalyticsProjection::connect(settings, pool).await?;
+
+    let stop = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let token = stop.child_token();
+    tasks.spawn(async move {
+        read_models
+            .run(token)
+            .await
+            .context("read-models projection failed")
+    });
+    let token = stop.child_token();
+    tasks.spawn(async move {
+        analytics
+            .run(token)
+            .await
+            .context("analytics projection failed")
+    });
+    tracing::info!("projection workers started");
+
+    let mut first_error = None;
+    tokio::select! {
+        () = shutdown => {}
+        Some(joined) = tasks.join_next() => first_error = task_error(joined),
+    }
+    stop.cancel();
+    while let Some(joined) = tasks.join_next().await {
+        if let Some(error) = task_error(joined) {
+            first_error.get_or_insert(error);
+        }
+    }
+    tracing::info!("projection workers stopped");
+    first_error.map_or(Ok(()), Err)
+}
+
+fn task_error(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> Option<anyhow::Error> {
+    match joined {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => {
+            tracing::error!(
+                error = format!("{error:#}"),
+                "projection stopped with an error"
+            );
+            Some(error)
+        }
+        Err(error) => Some(anyhow::Error::new(error).context("projection task panicked")),
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "failed to listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "failed to listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+
+    tokio::select! {
+        () = ctrl_c => tracing::info!("received Ctrl-C, shutting down"),
+        () = terminate => tracing::info!("received SIGTERM, shutting down"),
+    }
+}
