@@ -107,9 +107,11 @@ check_system_servers() {
         "and retry."
 }
 
-# Succeeds when the Kafka broker on 127.0.0.1:PORT answers a Metadata request. An open port
-# is not enough: after a panic in its storage task, tansu 0.6.0 keeps accepting connections
-# but closes each one without a response.
+# Sends a Metadata request to the Kafka broker on 127.0.0.1:PORT. Returns 0 when it responds,
+# 1 when it closes the connection without a response, and 2 when it is still silent after
+# 5 s. An open port is not enough, because after a panic in its storage task tansu 0.6.0 keeps
+# accepting connections but closes each one at once. A slow response is no such failure:
+# tansu serves storage requests one at a time, so it can fall seconds behind under load.
 kafka_responds() {
     local port=$1
     python3 - "$port" 2>/dev/null <<'PYTHON'
@@ -119,23 +121,28 @@ import sys
 
 client_id = b"meridian-stack-check"
 # Request header v1 (api key 3 = Metadata, version 1, correlation id 1, client id), then a
-# Metadata v1 body whose null topic array (-1) asks for every topic.
+# Metadata v1 body whose null topic array (-1) requests every topic.
 request = struct.pack(">hhih", 3, 1, 1, len(client_id)) + client_id + struct.pack(">i", -1)
-with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=3) as connection:
-    connection.settimeout(3)
-    connection.sendall(struct.pack(">i", len(request)) + request)
-    response = b""
-    while len(response) < 8:
-        chunk = connection.recv(8 - len(response))
-        if not chunk:
-            sys.exit(1)
-        response += chunk
+try:
+    with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5) as connection:
+        connection.sendall(struct.pack(">i", len(request)) + request)
+        response = b""
+        while len(response) < 8:
+            chunk = connection.recv(8 - len(response))
+            if not chunk:
+                sys.exit(1)
+            response += chunk
+except socket.timeout:
+    sys.exit(2)
+except OSError:
+    sys.exit(1)
 size, correlation_id = struct.unpack(">ii", response)
 sys.exit(0 if size >= 4 and correlation_id == 1 else 1)
 PYTHON
 }
 
-# Succeeds when server NAME on PORT responds to requests, not only accepts connections.
+# Returns 0 when server NAME on PORT responds to requests, 1 when it does not, and 2 when it
+# has not responded yet (only the Kafka check can tell this case apart).
 server_responds() {
     local name=$1 port=$2
     case $name in
@@ -219,18 +226,27 @@ start_server() {
     local pidfile=$RUN_DIR/$name.pid logfile=$LOG_DIR/$name.log pid
     if pid=$(live_pid "$pidfile" "$pattern"); then
         wait_for_port "$name" "$port" "$WAIT_SECS" "$pidfile" "$pattern" "$logfile"
-        if server_responds "$name" "$port"; then
+        local responds=0
+        server_responds "$name" "$port" || responds=$?
+        if ((responds == 0)); then
             log "$name is already running on 127.0.0.1:$port (pid $pid)"
             return 0
+        elif ((responds == 2)); then
+            log "warning: $name (pid $pid) on 127.0.0.1:$port is running but slow to respond" \
+                "(busy or stuck); leaving it running. Its log: $(display_path "$logfile")"
+            return 0
         fi
-        log "warning: $name (pid $pid) accepts connections on 127.0.0.1:$port but does not" \
-            "respond to requests; restarting it. Its log: $(display_path "$logfile")"
+        log "warning: $name (pid $pid) accepts connections on 127.0.0.1:$port but closes" \
+            "them without a response; restarting it. Its log: $(display_path "$logfile")"
         stop_process "$name" "$pidfile" "$pattern" 10
         wait_for_port_closed "$name" "$port" 10
     elif port_open "$port"; then
-        server_responds "$name" "$port" ||
+        local foreign_responds=0
+        server_responds "$name" "$port" || foreign_responds=$?
+        if ((foreign_responds == 1)); then
             die "127.0.0.1:$port accepts connections but does not respond as $name, and this" \
                 "script did not start that process; stop it or choose another port"
+        fi
         log "warning: 127.0.0.1:$port already accepts connections, but not from a $name" \
             "started by this script; using that server as $name"
         return 0
@@ -347,7 +363,7 @@ reset_all() {
 
 # Prints one line per server and returns 3 when any of them is down.
 status_all() {
-    local down=0 name port pattern entry pid state
+    local down=0 name port pattern entry pid state responds
     printf '%-11s %-17s %s\n' SERVER ADDRESS STATE
     if postgres_ready; then state="up (system server)"; else state="DOWN"; down=1; fi
     printf '%-11s %-17s %s\n' postgresql "127.0.0.1:$POSTGRES_PORT" "$state"
@@ -356,22 +372,28 @@ status_all() {
     for entry in "${MANAGED_SERVERS[@]}"; do
         read -r name port pattern <<<"$entry"
         if pid=$(live_pid "$RUN_DIR/$name.pid" "$pattern"); then
+            responds=0
+            port_open "$port" && { server_responds "$name" "$port" || responds=$?; }
             if ! port_open "$port"; then
                 state="STARTING (pid $pid, not listening yet)"
                 down=1
-            elif ! server_responds "$name" "$port"; then
-                state="BROKEN (pid $pid, accepts connections but does not respond;"
+            elif ((responds == 1)); then
+                state="BROKEN (pid $pid, closes connections without a response;"
                 state+=" infra/stack.sh start restarts it; log $(display_path "$LOG_DIR/$name.log"))"
                 down=1
+            elif ((responds == 2)); then
+                state="SLOW (pid $pid, no response within 5 s; log $(display_path "$LOG_DIR/$name.log"))"
             else
                 state="up (pid $pid, log $(display_path "$LOG_DIR/$name.log"))"
             fi
         elif port_open "$port"; then
-            if server_responds "$name" "$port"; then
-                state="up (not started by this script)"
-            else
-                state="BROKEN (not started by this script, accepts connections but does not respond)"
+            responds=0
+            server_responds "$name" "$port" || responds=$?
+            if ((responds == 1)); then
+                state="BROKEN (not started by this script, closes connections without a response)"
                 down=1
+            else
+                state="up (not started by this script)"
             fi
         else
             state="DOWN"
