@@ -5,7 +5,7 @@
 //! column order and any extra columns work. Each invalid row is skipped with its line number
 //! and reason; only an unreadable file or a header without a required column stops a parse.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::Read;
 
@@ -373,12 +373,12 @@ impl Vessel {
         self.lines.push(row.line);
     }
 
-    /// Email address of the vessel's user.
+    /// Returns the email address of the vessel's user.
     pub fn email(&self) -> String {
         format!("vessel-{}@ais.example", self.mmsi)
     }
 
-    /// Name of the vessel's user: the vessel name, or `MMSI <number>` when the file has none.
+    /// Returns the name of the vessel's user: the vessel name, or `MMSI <number>` without one.
     pub fn user_name(&self) -> String {
         match &self.vessel_name {
             Some(name) => name.as_str().to_owned(),
@@ -438,7 +438,7 @@ pub struct ParsedFile {
 }
 
 impl ParsedFile {
-    /// Number of valid rows.
+    /// Returns the number of valid rows.
     pub fn valid_rows(&self) -> u64 {
         self.vessels
             .iter()
@@ -456,17 +456,88 @@ pub enum ParseError {
     Read { line: u64, source: csv::Error },
 }
 
-/// Hashes every byte that passes through, and reports how many passed.
-struct HashingReader<R, F> {
+/// Hashes every byte that passes through, reports how many passed, and records where each
+/// line's first byte of content is.
+///
+/// NOTE: The csv crate (1.4) reports wrong line numbers after a blank line and with CRLF
+/// line endings (BurntSushi/rust-csv issues #208 and #395), so lines are counted here. Its byte
+/// offsets are right: a record starts at the first content byte at or after its offset.
+struct TrackingReader<R, F> {
     inner: R,
     hasher: Sha256,
     on_read: F,
+    /// Bytes read so far.
+    offset: u64,
+    /// Line of the next byte, from 1. `\n`, `\r\n` and a lone `\r` each end a line, as
+    /// they each end a record for the csv crate.
+    line: u64,
+    after_carriage_return: bool,
+    /// Whether the current line has had no content byte yet.
+    at_line_start: bool,
+    /// Offset and line of the first content byte of each line not yet looked up.
+    line_starts: VecDeque<(u64, u64)>,
 }
 
-impl<R: Read, F: FnMut(usize)> Read for HashingReader<R, F> {
+impl<R, F> TrackingReader<R, F> {
+    fn new(inner: R, on_read: F) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            on_read,
+            offset: 0,
+            line: 1,
+            after_carriage_return: false,
+            at_line_start: true,
+            line_starts: VecDeque::new(),
+        }
+    }
+
+    fn track(&mut self, bytes: &[u8]) {
+        for (index, &byte) in bytes.iter().enumerate() {
+            match byte {
+                b'\r' => {
+                    self.line += 1;
+                    self.at_line_start = true;
+                    self.after_carriage_return = true;
+                }
+                b'\n' => {
+                    if !self.after_carriage_return {
+                        self.line += 1;
+                    }
+                    self.at_line_start = true;
+                    self.after_carriage_return = false;
+                }
+                _ => {
+                    if self.at_line_start {
+                        let offset = self.offset + index as u64;
+                        self.line_starts.push_back((offset, self.line));
+                        self.at_line_start = false;
+                    }
+                    self.after_carriage_return = false;
+                }
+            }
+        }
+        self.offset += bytes.len() as u64;
+    }
+
+    /// Returns the line of the record whose csv byte offset is `offset`. Offsets must be
+    /// looked up in increasing order.
+    fn line_at(&mut self, offset: u64) -> Option<u64> {
+        while let Some(&(start, line)) = self.line_starts.front() {
+            if start >= offset {
+                return Some(line);
+            }
+            self.line_starts.pop_front();
+        }
+        None
+    }
+}
+
+impl<R: Read, F: FnMut(usize)> Read for TrackingReader<R, F> {
     fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
         let count = self.inner.read(buffer)?;
         self.hasher.update(&buffer[..count]);
+        self.track(&buffer[..count]);
         (self.on_read)(count);
         Ok(count)
     }
@@ -483,15 +554,10 @@ pub fn parse<R: Read>(
     mut on_skip: impl FnMut(&SkippedRow),
     on_bytes: impl FnMut(usize),
 ) -> Result<ParsedFile, ParseError> {
-    let hashing = HashingReader {
-        inner: input,
-        hasher: Sha256::new(),
-        on_read: on_bytes,
-    };
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
-        .from_reader(hashing);
+        .from_reader(TrackingReader::new(input, on_bytes));
 
     let header = reader
         .byte_headers()
@@ -508,15 +574,24 @@ pub fn parse<R: Read>(
     let mut vessel_index: HashMap<u64, usize> = HashMap::new();
     let mut record = ByteRecord::new();
     loop {
-        let more = reader.read_byte_record(&mut record).map_err(|source| {
-            let line = source.position().map_or(0, csv::Position::line);
-            ParseError::Read { line, source }
-        })?;
+        let more = match reader.read_byte_record(&mut record) {
+            Ok(more) => more,
+            Err(source) => {
+                let line = source
+                    .position()
+                    .and_then(|position| reader.get_mut().line_at(position.byte()))
+                    .unwrap_or_default();
+                return Err(ParseError::Read { line, source });
+            }
+        };
         if !more {
             break;
         }
         rows_read += 1;
-        let line = record.position().map_or(0, csv::Position::line);
+        let line = record
+            .position()
+            .and_then(|position| reader.get_mut().line_at(position.byte()))
+            .unwrap_or_default();
         match parse_row(&record, line, &columns, now) {
             Ok(row) => {
                 let index = *vessel_index.entry(row.mmsi).or_insert_with(|| {

@@ -20,6 +20,8 @@ use crate::options::{trim_base, ImportOptions, RetryPolicy};
 
 /// Header that makes a command safe to repeat.
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+/// Response header that marks the stored result of an earlier request with the same key.
+pub const IDEMPOTENT_REPLAYED: &str = "Idempotent-Replayed";
 
 /// The JSON error body both services send.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -162,6 +164,10 @@ pub struct Recorded {
     /// Sequence of the last stored event, or none when nothing was stored.
     #[serde(default)]
     pub last_sequence: Option<i64>,
+    /// Whether this is the stored response to an earlier request with the same idempotency
+    /// key, so that `stored` counts events that request stored, not this one.
+    #[serde(skip)]
+    pub replayed: bool,
 }
 
 #[derive(Deserialize)]
@@ -188,6 +194,8 @@ pub struct LatestLocation {
 struct Reply {
     status: StatusCode,
     bytes: Vec<u8>,
+    /// Whether the `Idempotent-Replayed` header was `true`.
+    replayed: bool,
 }
 
 /// One request to send, possibly several times.
@@ -340,7 +348,11 @@ impl Meridian {
             .idempotency_key(key)
             .json(&LocationBatch { reports });
         let reply = self.send(call, &self.retry, |_, _| false).await?;
-        decode(&reply, Method::POST, url)
+        let recorded: Recorded = decode(&reply, Method::POST, url)?;
+        Ok(Recorded {
+            replayed: reply.replayed,
+            ..recorded
+        })
     }
 
     /// Reads `GET /v1/users/{id}/location` once, without retries; none when the user has no
@@ -375,8 +387,15 @@ impl Meridian {
             let last_attempt = attempt >= policy.max_attempts;
 
             let (error, server_delay) = match self.send_once(&call).await {
-                Ok((status, _, bytes)) if status.is_success() => {
-                    return Ok(Reply { status, bytes });
+                Ok((status, headers, bytes)) if status.is_success() => {
+                    let replayed = headers
+                        .get(IDEMPOTENT_REPLAYED)
+                        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"true"));
+                    return Ok(Reply {
+                        status,
+                        bytes,
+                        replayed,
+                    });
                 }
                 Ok((status, headers, bytes)) => {
                     let body: Option<Box<ErrorBody>> = serde_json::from_slice(&bytes).ok();

@@ -46,9 +46,18 @@ impl ImportReport {
             .sum()
     }
 
-    /// Location events the command service stored; repeats of stored reports store none.
+    /// Location events the command service stored during this import; repeats of stored
+    /// reports store none.
     pub fn events_stored(&self) -> u64 {
         self.vessels.iter().map(|vessel| vessel.events_stored).sum()
+    }
+
+    /// Reports in batches an earlier import had already sent with the same idempotency key.
+    pub fn reports_replayed(&self) -> u64 {
+        self.vessels
+            .iter()
+            .map(|vessel| vessel.reports_replayed)
+            .sum()
     }
 
     pub fn rejected_batches(&self) -> impl Iterator<Item = &RejectedBatch> {
@@ -134,12 +143,17 @@ impl fmt::Display for Summary<'_> {
 
         writeln!(formatter, "file:       {}", report.file.display())?;
         writeln!(formatter, "rows read:  {}", report.rows_read)?;
-        writeln!(
+        write!(
             formatter,
-            "imported:   {} reports ({} new location events)",
+            "imported:   {} reports ({} new location events",
             report.reports_imported(),
             report.events_stored()
         )?;
+        let replayed = report.reports_replayed();
+        if replayed > 0 {
+            write!(formatter, ", {replayed} reports sent by an earlier import")?;
+        }
+        writeln!(formatter, ")")?;
         writeln!(formatter, "skipped:    {} rows", report.skipped_rows.len())?;
         writeln!(
             formatter,

@@ -140,7 +140,10 @@ pub struct VesselOutcome {
     pub reports: usize,
     /// Reports in batches the command service accepted.
     pub reports_accepted: u64,
-    /// Events the command service stored for those batches.
+    /// Reports among those in batches an earlier import had sent, whose stored responses
+    /// the command service returned again.
+    pub reports_replayed: u64,
+    /// Events the command service stored for the batches of this import.
     pub events_stored: u64,
     /// The greatest sequence the command service returned for the vessel's location track.
     pub last_sequence: Option<i64>,
@@ -159,6 +162,7 @@ impl VesselOutcome {
             user_id: None,
             reports: vessel.reports.len(),
             reports_accepted: 0,
+            reports_replayed: 0,
             events_stored: 0,
             last_sequence: None,
             rejected_batches: Vec::new(),
@@ -224,7 +228,11 @@ pub async fn import_vessel(vessel: &Vessel, context: &VesselContext<'_>) -> Vess
         match result {
             Ok(recorded) => {
                 outcome.reports_accepted += recorded.accepted;
-                outcome.events_stored += recorded.stored;
+                if recorded.replayed {
+                    outcome.reports_replayed += recorded.accepted;
+                } else {
+                    outcome.events_stored += recorded.stored;
+                }
                 outcome.last_sequence = outcome.last_sequence.max(recorded.last_sequence);
                 accepted.push(AcceptedBatch {
                     range: start..end,
@@ -380,6 +388,7 @@ mod tests {
                 stored,
                 first_sequence: (stored > 0).then_some(first_sequence),
                 last_sequence: (stored > 0).then_some(first_sequence + stored as i64 - 1),
+                replayed: false,
             },
             range,
         }

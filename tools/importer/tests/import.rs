@@ -170,7 +170,16 @@ async fn rerun_finds_same_users_and_stores_nothing() {
     for (before, after) in first.vessels.iter().zip(&second.vessels) {
         assert_eq!(before.user_id, after.user_id, "vessel {}", before.mmsi);
     }
+    assert_eq!(first.events_stored(), 8);
+    assert_eq!(first.reports_replayed(), 0);
     assert_eq!(second.reports_imported(), 8);
+    assert_eq!(second.reports_replayed(), 8);
+    assert_eq!(second.events_stored(), 0);
+    let summary = second.summary().to_string();
+    assert!(
+        summary.contains("(0 new location events, 8 reports sent by an earlier import)"),
+        "{summary}"
+    );
     let state = mock.state();
     assert_eq!(state.users.len(), 3);
     let stored: usize = state.tracks.values().map(Vec::len).sum();

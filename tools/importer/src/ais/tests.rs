@@ -620,3 +620,51 @@ fn week_file_reports_stay_in_file_order() {
         );
     }
 }
+
+#[test]
+fn crlf_line_endings_are_read() {
+    let text =
+        "MMSI,BaseDateTime,LAT,LON\r\n1,2020-06-30T00:00:00,1,2\r\n1,2020-06-30T00:00:01,95,2\r\n";
+    let parsed = parse_ok(text);
+    assert_eq!(parsed.vessels[0].lines, vec![2]);
+    assert_eq!(parsed.skipped[0].line, 3);
+}
+
+#[test]
+fn blank_lines_are_not_rows_but_count_as_lines() {
+    let text =
+        "MMSI,BaseDateTime,LAT,LON\n\n1,2020-06-30T00:00:00,1,2\n\n1,2020-06-30T00:00:01,95,2\n";
+    let parsed = parse_ok(text);
+    assert_eq!(parsed.rows_read, 2);
+    assert_eq!(parsed.vessels[0].lines, vec![3]);
+    assert_eq!(parsed.skipped[0].line, 5);
+}
+
+#[test]
+fn carriage_return_line_endings_are_read() {
+    let text =
+        "MMSI,BaseDateTime,LAT,LON\r1,2020-06-30T00:00:00,1,2\r\r1,2020-06-30T00:00:01,95,2\r";
+    let parsed = parse_ok(text);
+    assert_eq!(parsed.vessels[0].lines, vec![2]);
+    assert_eq!(parsed.skipped[0].line, 4);
+}
+
+#[test]
+fn crlf_inside_quotes_counts_as_a_line() {
+    let text = "MMSI,BaseDateTime,LAT,LON,VesselName\r\n\r\n1,2020-06-30T00:00:00,1,2,\"A\r\nB\"\r\n1,2020-06-30T00:00:01,95,2,C\r\n";
+    let parsed = parse_ok(text);
+    assert_eq!(parsed.vessels[0].lines, vec![3]);
+    assert_eq!(parsed.skipped[0].line, 5);
+}
+
+#[test]
+fn lines_stay_right_across_read_buffers() {
+    // Enough rows to span many reads of the csv reader's buffer, with blank lines between.
+    let mut text = String::from("MMSI,BaseDateTime,LAT,LON\r\n");
+    for row in 0..5_000 {
+        text.push_str(&format!("1,2020-06-30T00:00:00,{}.5,2\r\n\r\n", row % 80));
+    }
+    let parsed = parse_ok(&text);
+    let expected: Vec<u64> = (0..5_000).map(|row| 2 + 2 * row).collect();
+    assert_eq!(parsed.vessels[0].lines, expected);
+}

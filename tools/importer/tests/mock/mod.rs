@@ -172,6 +172,14 @@ fn respond((status, body): (StatusCode, Value)) -> Response {
     (status, Json(body)).into_response()
 }
 
+fn respond_replayed(((status, body), replayed): Outcome) -> Response {
+    if replayed {
+        (status, [("idempotent-replayed", "true")], Json(body)).into_response()
+    } else {
+        respond((status, body))
+    }
+}
+
 fn idempotency_key(headers: &HeaderMap) -> Option<String> {
     headers
         .get("idempotency-key")
@@ -179,24 +187,23 @@ fn idempotency_key(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// A response, and whether it is the stored result of an earlier request.
+type Outcome = ((StatusCode, Value), bool);
+
 /// Returns the stored result of a repeated request, or a 422 when the body differs.
-fn replay(
-    state: &MockState,
-    path: &str,
-    key: Option<&String>,
-    body: &Bytes,
-) -> Option<(StatusCode, Value)> {
+fn replay(state: &MockState, path: &str, key: Option<&String>, body: &Bytes) -> Option<Outcome> {
     let key = key?;
     let (stored_body, status, response) = state.keys.get(&(path.to_owned(), key.clone()))?;
     if stored_body != body {
-        return Some(error(
+        let mismatch = error(
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation_failed",
             Some("Idempotency-Key"),
             "was used before with a different request body",
-        ));
+        );
+        return Some((mismatch, false));
     }
-    Some((*status, response.clone()))
+    Some(((*status, response.clone()), true))
 }
 
 fn remember(
@@ -239,16 +246,16 @@ async fn register(State(state): State<Shared>, headers: HeaderMap, body: Bytes) 
     let mut state = state.lock().unwrap();
     let path = "/v1/users";
     let key = idempotency_key(&headers);
-    let result = match replay(&state, path, key.as_ref(), &body) {
-        Some(result) => result,
+    let outcome = match replay(&state, path, key.as_ref(), &body) {
+        Some(outcome) => outcome,
         None => {
             let result = register_new(&mut state, &body);
             remember(&mut state, path, key.clone(), body, &result);
-            result
+            (result, false)
         }
     };
-    log(&mut state, "POST", path, key, result.0);
-    respond(result)
+    log(&mut state, "POST", path, key, outcome.0 .0);
+    respond_replayed(outcome)
 }
 
 fn register_new(state: &mut MockState, body: &Bytes) -> (StatusCode, Value) {
@@ -336,18 +343,18 @@ async fn record_locations(
         return respond(result);
     }
 
-    let result = match replay(&state, &path, key.as_ref(), &body) {
-        Some(result) => result,
+    let outcome = match replay(&state, &path, key.as_ref(), &body) {
+        Some(outcome) => outcome,
         None => {
             let result = record_new(&mut state, user_id, &body);
             if !result.0.is_server_error() {
                 remember(&mut state, &path, key.clone(), body, &result);
             }
-            result
+            (result, false)
         }
     };
-    log(&mut state, "POST", &path, key, result.0);
-    respond(result)
+    log(&mut state, "POST", &path, key, outcome.0 .0);
+    respond_replayed(outcome)
 }
 
 fn record_new(state: &mut MockState, user_id: Uuid, body: &Bytes) -> (StatusCode, Value) {
