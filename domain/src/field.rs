@@ -44,11 +44,7 @@ impl Email {
         let Some((local, domain)) = normalized.split_once('@') else {
             return Err(FieldError::new(field, "must contain '@'"));
         };
-        let domain_ok = domain.contains('.')
-            && !domain.starts_with('.')
-            && !domain.ends_with('.')
-            && !domain.contains('@');
-        if local.is_empty() || !domain_ok {
+        if local.is_empty() || !is_hostname(domain) {
             return Err(FieldError::new(
                 field,
                 "must look like local-part@domain.tld",
@@ -66,6 +62,21 @@ impl Email {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Returns whether `domain` is a DNS host name of at least two labels, each of letters, digits
+/// and inner hyphens (RFC 1123), as JSON Schema's `email` format expects.
+fn is_hostname(domain: &str) -> bool {
+    let labels: Vec<&str> = domain.split('.').collect();
+    labels.len() >= 2
+        && domain.len() <= 253
+        && labels.iter().all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
 }
 
 /// A display name: trimmed, not empty, at most [`MAX_NAME_CHARS`] characters.
@@ -132,6 +143,11 @@ mod tests {
     fn email_without_domain_is_rejected() {
         let error = Email::parse("email", "nobody@").unwrap_err();
         assert_eq!(error.field, "email");
+    }
+
+    #[test]
+    fn email_with_underscore_in_domain_is_rejected() {
+        assert!(Email::parse("email", "a@my_host.com").is_err());
     }
 
     #[test]
