@@ -31,7 +31,7 @@ use crate::commands::{metadata_keys, Committed};
 
 /// Request header that makes a command idempotent.
 pub const IDEMPOTENCY_KEY_HEADER: HeaderName = HeaderName::from_static("idempotency-key");
-/// Response header set on a stored result that is sent again.
+/// Response header set when a response reports the result of an earlier attempt.
 pub const IDEMPOTENT_REPLAYED_HEADER: HeaderName = HeaderName::from_static("idempotent-replayed");
 /// Maximum length of an `Idempotency-Key`, in characters.
 pub const MAX_KEY_CHARS: usize = 200;
@@ -128,16 +128,19 @@ async fn run_once(
             "was already used with a different request body",
         ));
     }
+    if let Some(StoredKey {
+        status_code: Some(status),
+        response,
+        ..
+    }) = stored
+    {
+        return Ok(replay(status, response));
+    }
     if !locked {
         return Err(in_progress());
     }
 
     let response = match stored {
-        Some(StoredKey {
-            status_code: Some(status),
-            response,
-            ..
-        }) => return Ok(replay(status, response)),
         Some(_) => {
             info!(idempotency_key = %scoped_key, "resuming a request whose first attempt ended unfinished");
             match recover(pool, kind, &scoped_key, &body).await? {
@@ -348,6 +351,11 @@ async fn recover(
             Json(RecordLocationsResponse::new(committed, accepted)).into_response()
         }
     };
+    let mut response = response;
+    // The events come from the first attempt, so this request stored nothing.
+    response
+        .headers_mut()
+        .insert(IDEMPOTENT_REPLAYED_HEADER, HeaderValue::from_static("true"));
     Ok(Some(response))
 }
 

@@ -261,6 +261,7 @@ async fn unfinished_key_is_resolved_from_events() {
 
     assert_eq!(second.status, StatusCode::CREATED, "{}", second.body);
     assert_eq!(second.body, first.body);
+    assert_eq!(second.header("idempotent-replayed"), Some("true"));
     assert_eq!(third.header("idempotent-replayed"), Some("true"));
     assert_eq!(third.body, first.body);
     assert_eq!(app.event_count().await, 1);
@@ -318,5 +319,27 @@ async fn unfinished_key_without_events_runs_again() {
         .await
         .unwrap();
     assert_eq!(status, Some(201));
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn completed_key_replays_while_locked() {
+    let app = TestApp::start().await;
+    let body = registration("keyed-13@ais.example");
+    let key = [("idempotency-key", "completed-and-locked")];
+    let first = app.send(Method::POST, "/v1/users", &body, &key).await;
+    let mut other = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(lock_id("POST /v1/users completed-and-locked"))
+        .execute(&mut *other)
+        .await
+        .unwrap();
+
+    let second = app.send(Method::POST, "/v1/users", &body, &key).await;
+
+    assert_eq!(second.status, StatusCode::CREATED, "{}", second.body);
+    assert_eq!(second.body, first.body);
+    assert_eq!(second.header("idempotent-replayed"), Some("true"));
+    other.rollback().await.unwrap();
     app.finish().await;
 }

@@ -239,6 +239,13 @@ async fn concurrent_registrations_of_one_email_store_one() {
     let mut statuses = [first.status, second.status];
     statuses.sort();
     assert_eq!(statuses, [StatusCode::CREATED, StatusCode::CONFLICT]);
+    let rejected = if first.status == StatusCode::CONFLICT {
+        &first
+    } else {
+        &second
+    };
+    // The loser either saw the address taken or lost the race and saw it on its retry.
+    assert_eq!(rejected.body["field"], "email");
     assert_eq!(app.event_count().await, 1);
     app.finish().await;
 }
