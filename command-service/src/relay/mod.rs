@@ -83,7 +83,8 @@ pub async fn run_relay(
     Ok(())
 }
 
-/// Completes when the shutdown future passed to [`run_relay`] has completed.
+/// The stop signal: a receiver whose value turns true once the shutdown future passed to
+/// [`run_relay`] has completed.
 pub type Stop = watch::Receiver<bool>;
 
 fn stop_signal(shutdown: impl Future<Output = ()> + Send + 'static) -> Stop {

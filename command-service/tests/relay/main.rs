@@ -165,15 +165,12 @@ fn read_topic(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
         .create()
         .expect("consumer builds");
     let timeout = Duration::from_secs(10);
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .expect("topic metadata");
+    let metadata = with_attempts(|| consumer.fetch_metadata(Some(topic), timeout));
     let mut assignment = TopicPartitionList::new();
     let mut remaining = HashMap::new();
     for partition in metadata.topics()[0].partitions() {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition.id(), timeout)
-            .expect("watermarks");
+        let (low, high) =
+            with_attempts(|| consumer.fetch_watermarks(topic, partition.id(), timeout));
         if high > low {
             assignment
                 .add_partition_offset(topic, partition.id(), Offset::Offset(low))
@@ -201,6 +198,22 @@ fn read_topic(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
         messages.push(message);
     }
     messages
+}
+
+/// Runs a broker request up to 3 times, because a broker busy with parallel tests may time out.
+fn with_attempts<T>(mut request: impl FnMut() -> rdkafka::error::KafkaResult<T>) -> T {
+    let mut attempt = 1;
+    loop {
+        match request() {
+            Ok(value) => return value,
+            Err(error) if attempt < 3 => {
+                eprintln!("broker request failed on attempt {attempt}: {error}; retrying");
+                attempt += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(error) => panic!("broker request failed 3 times: {error}"),
+        }
+    }
 }
 
 fn header(message: &OwnedMessage, name: &str) -> Option<String> {
