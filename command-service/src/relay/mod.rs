@@ -1,4 +1,5 @@
-//! The outbox relay: publishes every stored event to Kafka exactly once.
+//! The outbox relay: publishes every stored event to Kafka exactly once, also across a SIGKILL
+//! of the relay, except in the window named in the NOTE on [`recovery::recover`].
 //!
 //! A trigger writes the `position` of each stored event into `outbox` in the transaction that
 //! stores it. The relay works in sessions:

@@ -164,6 +164,7 @@ fn read_topic(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer builds");
+
     let timeout = Duration::from_secs(10);
     let metadata = with_attempts(|| consumer.fetch_metadata(Some(topic), timeout));
     let mut assignment = TopicPartitionList::new();
@@ -181,6 +182,7 @@ fn read_topic(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
     if remaining.is_empty() {
         return Vec::new();
     }
+
     consumer.assign(&assignment).expect("assignment");
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut messages = Vec::new();
