@@ -35,7 +35,7 @@ async fn sigkill_mid_import_keeps_counts_equal() -> anyhow::Result<()> {
     let directory = std::env::temp_dir().join(format!("meridian-crash-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&directory)?;
     let file = directory.join("unseen.csv");
-    let rows = read_week_rows(WEEK_FILE.as_ref(), 12_000)?;
+    let rows = read_week_rows(WEEK_FILE.as_ref(), 4_000)?;
     let expected = write_unseen_file(&file, &rows)?;
 
     let mut options = meridian_importer::ImportOptions::new(&file);
@@ -46,13 +46,13 @@ async fn sigkill_mid_import_keeps_counts_equal() -> anyhow::Result<()> {
     options.concurrency = 4;
     let import = tokio::spawn(meridian_importer::import(options));
 
-    wait_for_events(&platform, 1_500).await?;
+    wait_for_events(&platform, 800).await?;
     platform
         .kill_and_restart(Process::ProjectionWorkers)
         .await?;
-    wait_for_events(&platform, 4_000).await?;
+    wait_for_events(&platform, 1_800).await?;
     platform.kill_and_restart(Process::OutboxRelay).await?;
-    wait_for_events(&platform, 6_500).await?;
+    wait_for_events(&platform, 2_800).await?;
     platform.kill_and_restart(Process::CommandService).await?;
 
     let report = import.await??;
