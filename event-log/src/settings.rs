@@ -9,8 +9,8 @@ pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
 /// Default prefix of every topic name.
 pub const DEFAULT_TOPIC_PREFIX: &str = "meridian.";
 /// Default number of partitions of the events topic. tansu 0.6.0 (SQLite storage) reads
-/// the whole unconsumed part of a partition to answer each fetch, so catching up costs the
-/// square of a partition's backlog; more partitions keep each backlog shorter.
+/// the whole unconsumed part of a partition to serve each fetch, so catching up costs the
+/// square of a partition's backlog. More partitions keep each backlog shorter.
 pub const DEFAULT_TOPIC_PARTITIONS: i32 = 8;
 /// Default MongoDB URL; `directConnection` because the local server is not a replica set.
 pub const DEFAULT_MONGODB_URL: &str = "mongodb://127.0.0.1:27017/?directConnection=true";
