@@ -42,6 +42,7 @@ async fn sigkill_mid_import_keeps_counts_equal() -> anyhow::Result<()> {
     options.command_url = platform.command_url.clone();
     options.query_url = platform.query_url.clone();
     options.show_progress = false;
+    options.wait_timeout = Duration::from_secs(600);
     options.batch_size = 100;
     options.concurrency = 4;
     let import = tokio::spawn(meridian_importer::import(options));
@@ -70,7 +71,7 @@ async fn sigkill_mid_import_keeps_counts_equal() -> anyhow::Result<()> {
         report.lagging_vessels().is_empty(),
         "vessels the query service lags behind"
     );
-    platform.wait_caught_up(Duration::from_secs(180)).await?;
+    platform.wait_caught_up(Duration::from_secs(600)).await?;
 
     let distinct = i64::try_from(expected.distinct_reports())?;
     let stored: i64 =

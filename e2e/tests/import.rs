@@ -35,7 +35,7 @@ async fn import_reaches_every_store() -> anyhow::Result<()> {
         report.lagging_vessels().is_empty(),
         "vessels the query service lags behind"
     );
-    platform.wait_caught_up(Duration::from_secs(120)).await?;
+    platform.wait_caught_up(Duration::from_secs(600)).await?;
 
     let http = reqwest::Client::new();
     for mmsi in expected.reports.keys() {
@@ -133,5 +133,6 @@ async fn import(
     options.command_url = platform.command_url.clone();
     options.query_url = platform.query_url.clone();
     options.show_progress = false;
+    options.wait_timeout = Duration::from_secs(600);
     Ok(meridian_importer::import(options).await?)
 }

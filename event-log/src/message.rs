@@ -13,6 +13,9 @@ use rdkafka::Message;
 use serde_json::Value;
 use uuid::Uuid;
 
+/// Prefix of `ce_source`; the aggregate type follows it.
+const SOURCE_PREFIX: &str = "/meridian/";
+
 /// Namespace of the name-based (v5) UUIDs that identify events.
 const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6d65_7269_6469_616e_2d65_7665_6e74_7331);
 
@@ -22,10 +25,6 @@ pub const CE_SOURCE: &str = "ce_source";
 pub const CE_TYPE: &str = "ce_type";
 pub const CE_SUBJECT: &str = "ce_subject";
 pub const CE_TIME: &str = "ce_time";
-pub const CE_DATASCHEMA: &str = "ce_dataschema";
-pub const CONTENT_TYPE: &str = "content-type";
-pub const CE_AGGREGATE_TYPE: &str = "ce_aggregatetype";
-pub const CE_AGGREGATE_ID: &str = "ce_aggregateid";
 pub const CE_SEQUENCE: &str = "ce_sequence";
 pub const CE_SCHEMA_VERSION: &str = "ce_schemaversion";
 pub const CE_POSITION: &str = "ce_position";
@@ -130,20 +129,15 @@ impl EventMessage {
         let sequence = self.sequence.to_string();
         let position = self.position.to_string();
         let time = self.stored_at.to_rfc3339();
-        let source = format!("/meridian/{}", self.aggregate_type);
+        let source = format!("{SOURCE_PREFIX}{}", self.aggregate_type);
         let id = self.event_id.to_string();
-        let schema = self.data_schema();
-        let pairs: [(&str, &str); 13] = [
+        let pairs: [(&str, &str); 9] = [
             (CE_SPECVERSION, "1.0"),
             (CE_ID, &id),
             (CE_SOURCE, &source),
             (CE_TYPE, &self.event_type),
             (CE_SUBJECT, &self.aggregate_id),
             (CE_TIME, &time),
-            (CE_DATASCHEMA, &schema),
-            (CONTENT_TYPE, "application/json"),
-            (CE_AGGREGATE_TYPE, &self.aggregate_type),
-            (CE_AGGREGATE_ID, &self.aggregate_id),
             (CE_SEQUENCE, &sequence),
             (CE_SCHEMA_VERSION, &self.schema_version),
             (CE_POSITION, &position),
@@ -182,11 +176,22 @@ impl EventMessage {
         let stored_at = DateTime::parse_from_rfc3339(&find(CE_TIME)?)
             .map_err(|e| invalid(CE_TIME, e.to_string()))?
             .with_timezone(&Utc);
+        let source = find(CE_SOURCE)?;
+        let aggregate_type = source
+            .strip_prefix(SOURCE_PREFIX)
+            .filter(|name| !name.is_empty())
+            .ok_or_else(|| {
+                invalid(
+                    CE_SOURCE,
+                    format!("{source:?} does not start with {SOURCE_PREFIX}"),
+                )
+            })?
+            .to_owned();
         let data = serde_json::from_slice(message.payload().ok_or(DecodeError::MissingValue)?)?;
         Ok(Self {
             event_id,
-            aggregate_type: find(CE_AGGREGATE_TYPE)?,
-            aggregate_id: find(CE_AGGREGATE_ID)?,
+            aggregate_type,
+            aggregate_id: find(CE_SUBJECT)?,
             sequence,
             position,
             event_type: find(CE_TYPE)?,

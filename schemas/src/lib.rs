@@ -169,7 +169,7 @@ pub fn schema(event_type: &str, version: &str) -> Option<&'static str> {
 }
 
 /// Returns the path of a schema relative to this crate, `events/<EventType>.v<version>.json`.
-/// The `ce_dataschema` header carries the same path below `schemas/`.
+/// `EventMessage::data_schema` returns the same path below `schemas/`.
 pub fn file_name(event_type: &str, version: &str) -> String {
     format!("events/{event_type}.v{version}.json")
 }

@@ -312,8 +312,8 @@ async fn relay_keeps_sequence_order_per_aggregate() {
     let mut last_sequence: BTreeMap<(String, String), i64> = BTreeMap::new();
     for message in &messages {
         let aggregate = (
-            header(message, "ce_aggregatetype").unwrap(),
-            header(message, "ce_aggregateid").unwrap(),
+            header(message, "ce_source").unwrap(),
+            header(message, "ce_subject").unwrap(),
         );
         let sequence: i64 = header(message, CE_SEQUENCE).unwrap().parse().unwrap();
         let previous = last_sequence
