@@ -18,6 +18,9 @@ use crate::{FieldError, EVENT_VERSION};
 pub const MAX_BATCH: usize = 1_000;
 /// How far past the time of receipt a report's timestamp may be.
 pub const MAX_CLOCK_SKEW: Duration = Duration::minutes(5);
+/// The earliest timestamp a report may carry: the Unix epoch. Earlier dates are bad device
+/// clocks, and year 0 cannot even be stored by every analytics store.
+pub const EARLIEST_RECORDED_AT: DateTime<Utc> = DateTime::UNIX_EPOCH;
 /// How many recent reports the aggregate remembers for duplicate detection.
 pub const RECENT_REPORTS: usize = 256;
 
@@ -42,6 +45,16 @@ impl LocationReport {
             return Err(FieldError::new(
                 format!("{field}longitude"),
                 format!("{} is outside [-180, 180]", self.longitude),
+            ));
+        }
+        if self.recorded_at < EARLIEST_RECORDED_AT {
+            return Err(FieldError::new(
+                format!("{field}recorded_at"),
+                format!(
+                    "{} is before {}",
+                    self.recorded_at.to_rfc3339(),
+                    EARLIEST_RECORDED_AT.to_rfc3339()
+                ),
             ));
         }
         if self.recorded_at > received_at + MAX_CLOCK_SKEW {
@@ -374,6 +387,23 @@ mod tests {
         let result = TestFramework::<LocationTrack>::with(services(FakeHistory::default()))
             .given_no_previous_events()
             .when(command(vec![report(3_600 + 301, 40.0, -74.0)]))
+            .inspect_result();
+        let Err(LocationError::Invalid(error)) = result else {
+            panic!("expected a field error, got {result:?}");
+        };
+        assert_eq!(error.field, "reports[0].recorded_at");
+    }
+
+    #[test]
+    fn report_before_epoch_is_rejected() {
+        let year_zero = LocationReport {
+            latitude: 40.0,
+            longitude: -74.0,
+            recorded_at: "0000-01-01T00:00:00Z".parse().unwrap(),
+        };
+        let result = TestFramework::<LocationTrack>::with(services(FakeHistory::default()))
+            .given_no_previous_events()
+            .when(command(vec![year_zero]))
             .inspect_result();
         let Err(LocationError::Invalid(error)) = result else {
             panic!("expected a field error, got {result:?}");

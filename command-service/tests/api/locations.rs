@@ -215,6 +215,24 @@ async fn future_timestamp_is_rejected() {
 }
 
 #[tokio::test]
+async fn year_zero_timestamp_is_rejected() {
+    let app = TestApp::start().await;
+    let user_id = app.register("track-31@ais.example").await;
+
+    let body = json!({"latitude": 1.0, "longitude": 2.0, "recorded_at": "0000-01-01T00:00:00Z"});
+    let response = app.post(&location_path(&user_id), &body).await;
+
+    assert_error(
+        &response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    );
+    assert_eq!(response.body["field"], "recorded_at");
+    assert_eq!(app.events_of("LocationTrack", &user_id).await, 0);
+    app.finish().await;
+}
+
+#[tokio::test]
 async fn timestamp_without_offset_is_rejected() {
     let app = TestApp::start().await;
     let user_id = app.register("track-12@ais.example").await;

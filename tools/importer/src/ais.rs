@@ -12,7 +12,7 @@ use std::io::Read;
 use chrono::{DateTime, DurationRound, NaiveDateTime, TimeDelta, Utc};
 use csv::ByteRecord;
 use meridian_domain::field::UserName;
-use meridian_domain::location::{LocationReport, MAX_CLOCK_SKEW};
+use meridian_domain::location::{LocationReport, EARLIEST_RECORDED_AT, MAX_CLOCK_SKEW};
 use sha2::{Digest, Sha256};
 
 /// Header names of the columns every file must have.
@@ -147,6 +147,8 @@ pub enum SkipReason {
         value: DateTime<Utc>,
         now: DateTime<Utc>,
     },
+    /// The timestamp is before [`EARLIEST_RECORDED_AT`].
+    EarlyTime { value: DateTime<Utc> },
     /// A coordinate is not a number.
     InvalidNumber { column: &'static str, value: String },
     /// A coordinate is NaN or infinite.
@@ -182,6 +184,12 @@ impl fmt::Display for SkipReason {
                 value.to_rfc3339(),
                 MAX_CLOCK_SKEW.num_minutes(),
                 now.to_rfc3339()
+            ),
+            Self::EarlyTime { value } => write!(
+                formatter,
+                "BaseDateTime {} is before {}",
+                value.to_rfc3339(),
+                EARLIEST_RECORDED_AT.to_rfc3339()
             ),
             Self::InvalidNumber { column, value } => {
                 write!(formatter, "{column} {value:?} is not a number")
@@ -313,6 +321,9 @@ pub fn parse_row(
     let recorded_at = parse_timestamp(time_text).ok_or_else(|| SkipReason::InvalidTime {
         value: time_text.to_owned(),
     })?;
+    if recorded_at < EARLIEST_RECORDED_AT {
+        return Err(SkipReason::EarlyTime { value: recorded_at });
+    }
     if recorded_at > now + MAX_CLOCK_SKEW {
         return Err(SkipReason::FutureTime {
             value: recorded_at,

@@ -253,6 +253,17 @@ fn future_time_is_skipped() {
 }
 
 #[test]
+fn time_before_epoch_is_skipped() {
+    let reason = skip_reason("1,1969-12-31T23:59:59,1,2");
+    assert_eq!(
+        reason,
+        SkipReason::EarlyTime {
+            value: time("1969-12-31T23:59:59Z")
+        }
+    );
+}
+
+#[test]
 fn time_five_minutes_ahead_is_kept() {
     let parsed = parse_ok("MMSI,BaseDateTime,LAT,LON\n1,2024-01-01T00:05:00,1,2\n");
     assert!(parsed.skipped.is_empty(), "{:?}", parsed.skipped);
