@@ -253,9 +253,10 @@ async fn run_handler(
     next.run(Request::from_parts(parts, Body::from(body))).await
 }
 
-/// Stores a 2xx or 4xx result under the key, or deletes the key after a 5xx or a
-/// [`TransientFailure`] such as a concurrency conflict that ran out of retries. Returns the
-/// response unchanged. A failure to store is logged, and the key stays in progress until a
+/// Stores a 2xx result under the key, or deletes the key after any other status or a
+/// [`TransientFailure`] such as a concurrency conflict that ran out of retries. A rejected
+/// request changed nothing, so deleting its key lets the client send a corrected request
+/// with the same key. Returns the response unchanged. A failure to store is logged, and the key stays in progress until a
 /// repeat resolves it from the stored events.
 async fn finish(pool: &PgPool, scoped_key: &str, response: Response) -> Response {
     let (parts, body) = response.into_parts();
@@ -269,7 +270,7 @@ async fn finish(pool: &PgPool, scoped_key: &str, response: Response) -> Response
         }
     };
     let transient = parts.extensions.get::<TransientFailure>().is_some();
-    let result = if status.is_server_error() || transient {
+    let result = if !status.is_success() || transient {
         sqlx::query("DELETE FROM idempotency_keys WHERE key = $1")
             .bind(scoped_key)
             .execute(pool)
