@@ -9,6 +9,9 @@ use crate::{FieldError, EVENT_VERSION};
 
 /// Maximum size of the settings object, serialized as JSON.
 pub const MAX_SETTINGS_BYTES: usize = 16 * 1024;
+/// URI schemes an image reference may use: object storage or the web. Anything else, such
+/// as `javascript:` or `data:`, would be served back to clients verbatim.
+pub const IMAGE_URI_SCHEMES: [&str; 3] = ["https://", "http://", "s3://"];
 /// Maximum length of an image URI.
 pub const MAX_IMAGE_URI_LEN: usize = 2048;
 
@@ -35,6 +38,15 @@ impl ImageReference {
             return Err(FieldError::new(
                 format!("{field}.uri"),
                 "must not contain whitespace",
+            ));
+        }
+        let scheme_ok = IMAGE_URI_SCHEMES
+            .iter()
+            .any(|scheme| uri.len() > scheme.len() && uri.to_ascii_lowercase().starts_with(scheme));
+        if !scheme_ok {
+            return Err(FieldError::new(
+                format!("{field}.uri"),
+                "must be an https://, http:// or s3:// URI",
             ));
         }
         if !content_type.starts_with("image/") || content_type.len() <= "image/".len() {
@@ -205,6 +217,12 @@ mod tests {
     fn oversized_settings_are_rejected() {
         let big = "x".repeat(MAX_SETTINGS_BYTES);
         assert!(Settings::parse("settings", json!({ "blob": big })).is_err());
+    }
+
+    #[test]
+    fn javascript_image_uri_is_rejected() {
+        let error = ImageReference::parse("image", "javascript:alert(1)", "image/png").unwrap_err();
+        assert_eq!(error.field, "image.uri");
     }
 
     #[test]
