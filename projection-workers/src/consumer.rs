@@ -1,5 +1,5 @@
-//! The Kafka side that both projections share. A consumer group member starts each
-//! assigned partition at the offset its projection stored in PostgreSQL and collects
+//! The Kafka side that both projections share. A consumer takes every partition of the
+//! topic, starts each at the offset its projection stored in PostgreSQL and collects
 //! messages into batches. It applies each batch until the projection succeeds, and only
 //! then commits the batch's offsets to Kafka.
 
@@ -217,6 +217,48 @@ impl ProjectionContext {
     }
 }
 
+/// Assigns every partition of `topic` to `consumer`, each at the projection's stored offset.
+///
+/// NOTE: partitions are assigned, not balanced by the group coordinator. After a worker was
+/// killed, tansu 0.6.0 sometimes gave its restarted successor an empty assignment and never
+/// rebalanced again, which stalled the projection. The group id still names the group that
+/// Kafka offsets are committed to. A second worker of the same projection stays correct,
+/// because offsets are checked in the read-model transaction, but it does the work twice,
+/// and partitions added to the topic later need a restart.
+async fn assign_every_partition(
+    consumer: &StreamConsumer<ProjectionContext>,
+    topic: &str,
+) -> anyhow::Result<()> {
+    let mut partitions = TopicPartitionList::new();
+    // A topic created a moment ago may not list its partitions yet.
+    for _ in 0..50 {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(30))
+            .with_context(|| format!("failed to read the partitions of {topic}"))?;
+        for partition in metadata
+            .topics()
+            .iter()
+            .filter(|entry| entry.name() == topic)
+            .flat_map(|entry| entry.partitions())
+        {
+            partitions.add_partition(topic, partition.id());
+        }
+        if partitions.count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if partitions.count() == 0 {
+        anyhow::bail!("topic {topic} lists no partitions after 10 s; create it first");
+    }
+    consumer
+        .context()
+        .position_at_stored_offsets(&mut partitions);
+    consumer
+        .assign(&partitions)
+        .with_context(|| format!("failed to assign the partitions of {topic}"))
+}
+
 fn partition_numbers(partitions: &TopicPartitionList) -> Vec<i32> {
     partitions
         .elements()
@@ -237,9 +279,7 @@ pub async fn run_projection<H: BatchHandler>(
 ) -> anyhow::Result<()> {
     let start_offsets: StartOffsets = Arc::new(Mutex::new(start_offsets));
     let consumer = create_consumer(&settings, start_offsets.clone())?;
-    consumer
-        .subscribe(&[&settings.topic])
-        .with_context(|| format!("failed to subscribe to {}", settings.topic))?;
+    assign_every_partition(&consumer, &settings.topic).await?;
     tracing::info!(projection = settings.projection, topic = %settings.topic, group = %settings.group_id, "projection started");
 
     let mut committed = TopicPartitionList::new();
