@@ -254,7 +254,7 @@ mod tests {
     use cqrs_es::test::TestFramework;
     use std::sync::Mutex;
 
-    /// Stores the reports a test says are in the history, and records each lookup.
+    /// Contains the reports a test puts in the history, and counts each lookup.
     #[derive(Default)]
     struct FakeHistory {
         stored: Vec<LocationReport>,

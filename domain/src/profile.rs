@@ -15,7 +15,7 @@ pub const IMAGE_URI_SCHEMES: [&str; 3] = ["https://", "http://", "s3://"];
 /// Maximum length of an image URI.
 pub const MAX_IMAGE_URI_LEN: usize = 2048;
 
-/// Where a profile image is stored, and what kind of image it is.
+/// Storage location and media type of a profile image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageReference {
     pub uri: String,

@@ -40,7 +40,7 @@ impl Expected {
             .sum()
     }
 
-    /// The latest report: greatest timestamp, and on equal timestamps the later row.
+    /// Returns the latest report: the greatest timestamp, and on equal timestamps the later row.
     pub fn latest(&self, mmsi: u64) -> Option<Report> {
         self.reports
             .get(&mmsi)?

@@ -60,7 +60,7 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// Starts every process and waits until both HTTP services answer `/healthz`.
+    /// Starts every process and waits until both HTTP services return 200 from `/healthz`.
     pub async fn start(test_name: &str) -> anyhow::Result<Self> {
         let database = TestDatabase::create().await?;
         let settings = settings_for(&database)?;
@@ -136,7 +136,7 @@ impl Platform {
         self.wait_healthy().await
     }
 
-    /// Waits until both HTTP services answer `/healthz` and no child has exited.
+    /// Waits until both HTTP services return 200 from `/healthz` and no child has exited.
     pub async fn wait_healthy(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         for url in [self.command_url.clone(), self.query_url.clone()] {

@@ -1,4 +1,4 @@
-//! What every Meridian process shares about the event log.
+//! Event-log parts shared by every Meridian process.
 //!
 //! - [`settings`]: connection settings read from `MERIDIAN_*` environment variables.
 //! - [`database`]: connects to PostgreSQL, creating the database and applying migrations.

@@ -1,4 +1,4 @@
-//! How a stored event travels on Kafka.
+//! The Kafka form of a stored event.
 //!
 //! The key is the aggregate id, so all events of one user land on one partition in order.
 //! The value is the event's data as JSON (the payload postgres-es stores, without the
