@@ -8,10 +8,12 @@
 //! - [`LocalProvider`]: master keys in a file on this machine; the default for `make demo`.
 //! - [`KmsProvider`]: AWS KMS (or a server that speaks its API), through `aws-sdk-kms`.
 
+mod kms;
 mod local;
 
 use async_trait::async_trait;
 
+pub use kms::{KmsProvider, KmsSettings, SUBJECT_CONTEXT_KEY};
 pub use local::LocalProvider;
 
 use crate::envelope::DataKey;
