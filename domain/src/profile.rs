@@ -1,4 +1,8 @@
 //! The `Profile` aggregate: a user's settings object and the reference to their profile image.
+//!
+//! - [`envelope`]: the binary format of an image that the client encrypted.
+
+pub mod envelope;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
