@@ -10,7 +10,8 @@
 #
 # Binaries come from ${CARGO_TARGET_DIR:-target}/<profile>/ (default profile: release), so
 # build them first (`make up` does). Logs go to .stack/logs/<name>.log and pid files to
-# .stack/run/<name>.pid. The processes read the MERIDIAN_* settings from the environment.
+# .stack/run/<name>.pid. The processes read the MERIDIAN_* settings from the environment. On
+# the first start, meridian-keys creates the master key file .stack/keys/master-keys.json.
 #
 # Environment:
 #   MERIDIAN_COMMAND_ADDR        command service address (default: 127.0.0.1:8080)
@@ -71,7 +72,7 @@ check_stack() {
 
 check_binaries() {
     local name missing=()
-    for name in "${SERVICES[@]}"; do
+    for name in "${SERVICES[@]}" meridian-keys; do
         [[ -x $TARGET_DIR/$PROFILE/$name ]] || missing+=("$(display_path "$TARGET_DIR/$PROFILE/$name")")
     done
     if ((${#missing[@]} > 0)); then
@@ -131,9 +132,18 @@ wait_for_health() {
     log "$name is healthy at http://$address"
 }
 
+# Creates the local master key file on the first start. With MERIDIAN_KEY_PROVIDER=kms the
+# data keys are wrapped by KMS instead and no file is needed.
+ensure_master_key() {
+    [[ ${MERIDIAN_KEY_PROVIDER:-local} == local ]] || return 0
+    (cd "$REPO_ROOT" && "$TARGET_DIR/$PROFILE/meridian-keys" init --if-missing) ||
+        die "could not create the master key file; see the message above"
+}
+
 start_services() {
     check_stack
     check_binaries
+    ensure_master_key
     mkdir -p "$LOG_DIR" "$RUN_DIR"
     trap stop_launched_on_failure EXIT
 

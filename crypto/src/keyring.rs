@@ -30,7 +30,8 @@ pub struct UserKeys {
 }
 
 impl UserKeys {
-    fn new(user_id: &str, version: u32, key: &DataKey) -> Self {
+    /// Derives the subkeys of `user_id` from their data key.
+    pub fn new(user_id: &str, version: u32, key: &DataKey) -> Self {
         Self {
             user_id: user_id.to_owned(),
             version,

@@ -14,6 +14,7 @@ pub mod keyring;
 pub mod personal;
 pub mod provider;
 pub mod settings;
+pub mod testing;
 
 pub use keyring::{KeyError, Keyring, UserKeys};
 pub use personal::{CipherError, EventCipher};

@@ -102,18 +102,7 @@ impl EventCipher {
         if !self.seal {
             return Ok(());
         }
-        for_each_personal_field(event_type, payload, |field, label, value| {
-            let plaintext = serde_json::to_vec(value).expect("a JSON value serializes");
-            let sealed =
-                keys.fields
-                    .seal(label, &plaintext)
-                    .map_err(|source| CipherError::Seal {
-                        field: field.to_owned(),
-                        source,
-                    })?;
-            *value = Value::String(sealed);
-            Ok(())
-        })
+        seal_fields(&keys, event_type, payload)
     }
 
     /// Opens the personal fields of a stored payload.
@@ -185,6 +174,26 @@ impl EventCipher {
     pub async fn email_index(&self, email: &str) -> Result<String, CipherError> {
         Ok(self.keyring.blind_index().await?.email(email))
     }
+}
+
+/// Seals the personal fields of `payload` with `keys`.
+pub fn seal_fields(
+    keys: &UserKeys,
+    event_type: &str,
+    payload: &mut Value,
+) -> Result<(), CipherError> {
+    for_each_personal_field(event_type, payload, |field, label, value| {
+        let plaintext = serde_json::to_vec(value).expect("a JSON value serializes");
+        let sealed = keys
+            .fields
+            .seal(label, &plaintext)
+            .map_err(|source| CipherError::Seal {
+                field: field.to_owned(),
+                source,
+            })?;
+        *value = Value::String(sealed);
+        Ok(())
+    })
 }
 
 /// Opens the personal fields of `payload` with `keys`.

@@ -1,14 +1,17 @@
-//! The `Profile` aggregate: a user's settings object and the reference to their profile image.
+//! The `Profile` aggregate: a user's settings object, the reference to their profile image,
+//! and the metadata of the encrypted profile image they uploaded.
 //!
 //! - [`envelope`]: the binary format of an image that the client encrypted.
 
 pub mod envelope;
 
+use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use self::envelope::{KeyMode, MediaType};
 use crate::{FieldError, EVENT_VERSION};
 
 /// Maximum size of the settings object, serialized as JSON.
@@ -91,6 +94,20 @@ impl Settings {
     }
 }
 
+/// Metadata of a profile image that the client encrypted. The server stores the envelope
+/// under `id` and never receives the plaintext.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptedImage {
+    /// Lower-case hex SHA-256 of the whole envelope.
+    pub id: String,
+    /// Size of the whole envelope in bytes.
+    pub size_bytes: u64,
+    /// Media type of the plaintext image, as the envelope header declares it.
+    pub media_type: MediaType,
+    pub key_mode: KeyMode,
+    pub uploaded_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone)]
 pub enum ProfileCommand {
     /// Replaces the whole profile: the settings object and the image (none clears it).
@@ -98,12 +115,16 @@ pub enum ProfileCommand {
         settings: Settings,
         image: Option<ImageReference>,
     },
+    /// Makes an uploaded encrypted image the current one. Uploading the current image again
+    /// stores nothing.
+    UploadImage { image: EncryptedImage },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ProfileEvent {
     ProfileSettingsUpdated { settings: Map<String, Value> },
     ProfileImageChanged { image: Option<ImageReference> },
+    ProfileImageUploaded { image: EncryptedImage },
 }
 
 impl DomainEvent for ProfileEvent {
@@ -111,6 +132,7 @@ impl DomainEvent for ProfileEvent {
         let name = match self {
             Self::ProfileSettingsUpdated { .. } => "ProfileSettingsUpdated",
             Self::ProfileImageChanged { .. } => "ProfileImageChanged",
+            Self::ProfileImageUploaded { .. } => "ProfileImageUploaded",
         };
         name.to_owned()
     }
@@ -130,6 +152,9 @@ pub enum ProfileError {
 pub struct Profile {
     pub settings: Map<String, Value>,
     pub image: Option<ImageReference>,
+    /// The current encrypted image, which `Update` leaves unchanged.
+    #[serde(default)]
+    pub encrypted_image: Option<EncryptedImage>,
 }
 
 impl Aggregate for Profile {
@@ -145,15 +170,25 @@ impl Aggregate for Profile {
         _services: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), ProfileError> {
-        let ProfileCommand::Update { settings, image } = command;
-        let settings = settings.into_inner();
-        if settings != self.settings {
-            sink.write(ProfileEvent::ProfileSettingsUpdated { settings }, self)
-                .await;
-        }
-        if image != self.image {
-            sink.write(ProfileEvent::ProfileImageChanged { image }, self)
-                .await;
+        match command {
+            ProfileCommand::Update { settings, image } => {
+                let settings = settings.into_inner();
+                if settings != self.settings {
+                    sink.write(ProfileEvent::ProfileSettingsUpdated { settings }, self)
+                        .await;
+                }
+                if image != self.image {
+                    sink.write(ProfileEvent::ProfileImageChanged { image }, self)
+                        .await;
+                }
+            }
+            ProfileCommand::UploadImage { image } => {
+                let current_id = self.encrypted_image.as_ref().map(|image| &image.id);
+                if current_id != Some(&image.id) {
+                    sink.write(ProfileEvent::ProfileImageUploaded { image }, self)
+                        .await;
+                }
+            }
         }
         Ok(())
     }
@@ -162,6 +197,7 @@ impl Aggregate for Profile {
         match event {
             ProfileEvent::ProfileSettingsUpdated { settings } => self.settings = settings,
             ProfileEvent::ProfileImageChanged { image } => self.image = image,
+            ProfileEvent::ProfileImageUploaded { image } => self.encrypted_image = Some(image),
         }
     }
 }
@@ -209,6 +245,64 @@ mod tests {
                 image: None,
             })
             .then_expect_events(vec![]);
+    }
+
+    fn encrypted_image(id: &str) -> EncryptedImage {
+        EncryptedImage {
+            id: id.repeat(64),
+            size_bytes: 1024,
+            media_type: MediaType::Png,
+            key_mode: KeyMode::Passphrase,
+            uploaded_at: "2026-12-05T10:00:00Z".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn upload_records_encrypted_image() {
+        TestFramework::<Profile>::with(())
+            .given_no_previous_events()
+            .when(ProfileCommand::UploadImage {
+                image: encrypted_image("a"),
+            })
+            .then_expect_events(vec![ProfileEvent::ProfileImageUploaded {
+                image: encrypted_image("a"),
+            }]);
+    }
+
+    #[test]
+    fn upload_of_current_image_stores_nothing() {
+        let mut again = encrypted_image("a");
+        again.uploaded_at = "2026-12-06T10:00:00Z".parse().unwrap();
+        TestFramework::<Profile>::with(())
+            .given(vec![ProfileEvent::ProfileImageUploaded {
+                image: encrypted_image("a"),
+            }])
+            .when(ProfileCommand::UploadImage { image: again })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn upload_of_other_image_replaces_current() {
+        TestFramework::<Profile>::with(())
+            .given(vec![ProfileEvent::ProfileImageUploaded {
+                image: encrypted_image("a"),
+            }])
+            .when(ProfileCommand::UploadImage {
+                image: encrypted_image("b"),
+            })
+            .then_expect_events(vec![ProfileEvent::ProfileImageUploaded {
+                image: encrypted_image("b"),
+            }]);
+    }
+
+    #[test]
+    fn update_keeps_encrypted_image() {
+        let mut profile = Profile::default();
+        profile.apply(ProfileEvent::ProfileImageUploaded {
+            image: encrypted_image("a"),
+        });
+        profile.apply(ProfileEvent::ProfileImageChanged { image: None });
+        assert_eq!(profile.encrypted_image, Some(encrypted_image("a")));
     }
 
     #[test]

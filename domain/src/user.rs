@@ -29,6 +29,11 @@ pub enum UserCommand {
     Deactivate {
         at: DateTime<Utc>,
     },
+    /// Erases the user. The event store destroys the user's data key in the transaction
+    /// that stores the resulting event, so every earlier event of theirs becomes unreadable.
+    Erase {
+        at: DateTime<Utc>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +56,10 @@ pub enum UserEvent {
     UserDeactivated {
         deactivated_at: DateTime<Utc>,
     },
+    /// Carries no personal data: it is the one event of the user that stays readable.
+    UserErased {
+        erased_at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for UserEvent {
@@ -61,6 +70,7 @@ impl DomainEvent for UserEvent {
             Self::EmailChanged { .. } => "EmailChanged",
             Self::PasswordChanged { .. } => "PasswordChanged",
             Self::UserDeactivated { .. } => "UserDeactivated",
+            Self::UserErased { .. } => "UserErased",
         };
         name.to_owned()
     }
@@ -80,6 +90,8 @@ pub enum UserError {
     NotFound,
     #[error("user is deactivated")]
     Deactivated,
+    #[error("user was erased")]
+    Erased,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -89,10 +101,15 @@ pub struct User {
     pub email: String,
     pub name: String,
     pub password_hash: String,
+    #[serde(default)]
+    pub erased: bool,
 }
 
 impl User {
     fn require_active(&self) -> Result<(), UserError> {
+        if self.erased {
+            return Err(UserError::Erased);
+        }
         if !self.registered {
             return Err(UserError::NotFound);
         }
@@ -123,6 +140,9 @@ impl Aggregate for User {
                 password_hash,
                 at,
             } => {
+                if self.erased {
+                    return Err(UserError::Erased);
+                }
                 if self.registered {
                     return Err(UserError::AlreadyRegistered);
                 }
@@ -156,6 +176,9 @@ impl Aggregate for User {
                 UserEvent::PasswordChanged { password_hash }
             }
             UserCommand::Deactivate { at } => {
+                if self.erased {
+                    return Err(UserError::Erased);
+                }
                 if !self.registered {
                     return Err(UserError::NotFound);
                 }
@@ -163,6 +186,15 @@ impl Aggregate for User {
                     return Ok(());
                 }
                 UserEvent::UserDeactivated { deactivated_at: at }
+            }
+            UserCommand::Erase { at } => {
+                if !self.registered {
+                    return Err(UserError::NotFound);
+                }
+                if self.erased {
+                    return Ok(());
+                }
+                UserEvent::UserErased { erased_at: at }
             }
         };
         sink.write(event, self).await;
@@ -187,6 +219,13 @@ impl Aggregate for User {
             UserEvent::EmailChanged { email } => self.email = email,
             UserEvent::PasswordChanged { password_hash } => self.password_hash = password_hash,
             UserEvent::UserDeactivated { .. } => self.active = false,
+            UserEvent::UserErased { .. } => {
+                *self = Self {
+                    registered: true,
+                    erased: true,
+                    ..Self::default()
+                };
+            }
         }
     }
 }
@@ -306,5 +345,43 @@ mod tests {
             ])
             .when(UserCommand::Deactivate { at: at() })
             .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn erase_forgets_personal_data_and_refuses_later_commands() {
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(UserCommand::Erase { at: at() })
+            .then_expect_events(vec![UserEvent::UserErased { erased_at: at() }]);
+
+        let erased = || vec![registered(), UserEvent::UserErased { erased_at: at() }];
+        UserTest::with(())
+            .given(erased())
+            .when(UserCommand::ChangeName {
+                name: UserName::parse("name", "Other").unwrap(),
+            })
+            .then_expect_error(UserError::Erased);
+        UserTest::with(())
+            .given(erased())
+            .when(register_command())
+            .then_expect_error(UserError::Erased);
+        UserTest::with(())
+            .given(erased())
+            .when(UserCommand::Erase { at: at() })
+            .then_expect_events(vec![]);
+
+        let mut user = User::default();
+        for event in erased() {
+            user.apply(event);
+        }
+        assert!(user.email.is_empty() && user.name.is_empty() && user.password_hash.is_empty());
+    }
+
+    #[test]
+    fn erase_unknown_user_is_rejected() {
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(UserCommand::Erase { at: at() })
+            .then_expect_error(UserError::NotFound);
     }
 }

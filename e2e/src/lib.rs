@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use meridian_crypto::testing::TestKeys;
 use meridian_event_log::testing::{settings_for, TestDatabase};
 use meridian_event_log::Settings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -57,6 +58,8 @@ pub struct Platform {
     children: HashMap<Process, Child>,
     log_dir: PathBuf,
     http: reqwest::Client,
+    /// The master key file every process of this platform uses.
+    pub keys: TestKeys,
 }
 
 impl Platform {
@@ -78,6 +81,7 @@ impl Platform {
             children: HashMap::new(),
             log_dir,
             http: reqwest::Client::new(),
+            keys: TestKeys::create()?,
         };
         for process in Process::ALL {
             platform.spawn(process)?;
@@ -108,6 +112,7 @@ impl Platform {
             .env("MERIDIAN_MONGODB_URL", &self.settings.mongodb_url)
             .env("MERIDIAN_MONGODB_DATABASE", &self.settings.mongodb_database)
             .env("MERIDIAN_REDIS_URL", &self.settings.redis_url)
+            .envs(self.keys.env())
             .env("MERIDIAN_COMMAND_ADDR", &self.command_addr)
             .env("MERIDIAN_QUERY_ADDR", &self.query_addr)
             .env("RUST_LOG", "info")
@@ -217,11 +222,20 @@ impl Platform {
 
     /// Counts the documents of the analytics collection.
     pub async fn count_mongo_documents(&self) -> anyhow::Result<i64> {
+        self.count_mongo_documents_matching(mongodb::bson::doc! {})
+            .await
+    }
+
+    /// Counts the documents of the analytics collection that match `filter`.
+    pub async fn count_mongo_documents_matching(
+        &self,
+        filter: mongodb::bson::Document,
+    ) -> anyhow::Result<i64> {
         let client = mongodb::Client::with_uri_str(&self.settings.mongodb_url).await?;
         let collection = client
             .database(&self.settings.mongodb_database)
             .collection::<mongodb::bson::Document>("location_events");
-        let count = collection.count_documents(mongodb::bson::doc! {}).await?;
+        let count = collection.count_documents(filter).await?;
         Ok(i64::try_from(count)?)
     }
 

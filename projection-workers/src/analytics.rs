@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use meridian_crypto::EventCipher;
 use meridian_domain::location::LocationEvent;
 use meridian_event_log::Settings;
 use mongodb::bson::{doc, DateTime as BsonDateTime, Document};
@@ -35,6 +36,7 @@ const INDEX_RETRY_DELAY: Duration = Duration::from_secs(2);
 pub struct AnalyticsProjection {
     settings: Settings,
     pool: PgPool,
+    cipher: EventCipher,
     collection: Collection<Document>,
     counters: Arc<Counters>,
 }
@@ -42,7 +44,11 @@ pub struct AnalyticsProjection {
 impl AnalyticsProjection {
     /// Creates the MongoDB client of `settings.mongodb_url`. The client connects lazily,
     /// so an unreachable server is reported by [`AnalyticsProjection::run`].
-    pub async fn connect(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
+    pub async fn connect(
+        settings: Settings,
+        pool: PgPool,
+        cipher: EventCipher,
+    ) -> anyhow::Result<Self> {
         let client = Client::with_uri_str(&settings.mongodb_url)
             .await
             .context("invalid MongoDB URL in MERIDIAN_MONGODB_URL")?;
@@ -52,6 +58,7 @@ impl AnalyticsProjection {
         Ok(Self {
             settings,
             pool,
+            cipher,
             collection,
             counters: Arc::default(),
         })
@@ -79,6 +86,7 @@ impl AnalyticsProjection {
         };
         consumer::run_projection(
             consumer_settings,
+            self.cipher,
             start_offsets,
             handler,
             self.counters,
@@ -131,7 +139,29 @@ impl BatchHandler for AnalyticsHandler {
             .filter_map(|message| message.event.as_ref())
             .filter_map(location_document)
             .collect();
-        let outcome = insert_documents(&self.collection, documents).await?;
+        let mut outcome = insert_documents(&self.collection, documents).await?;
+        let erased: Vec<String> = batch
+            .messages
+            .iter()
+            .filter_map(|message| message.event.as_ref())
+            .filter(|event| event.event_type == consumer::ERASED_EVENT)
+            .map(|event| event.user_id.to_string())
+            .collect();
+        if !erased.is_empty() {
+            // After the inserts, so documents this batch added for the user go too.
+            let deleted = self
+                .collection
+                .delete_many(doc! {"user_id": {"$in": &erased}})
+                .await
+                .context("failed to delete the analytics documents of erased users")?;
+            tracing::info!(
+                projection = PROJECTION,
+                users = erased.len(),
+                documents = deleted.deleted_count,
+                "deleted the analytics documents of erased users"
+            );
+            outcome.applied += u64::try_from(erased.len()).unwrap_or(u64::MAX);
+        }
 
         let mut connection = self
             .pool

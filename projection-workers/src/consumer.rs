@@ -3,13 +3,14 @@
 //! messages into batches. It applies each batch until the projection succeeds, and only
 //! then commits the batch's offsets to Kafka.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
+use meridian_crypto::{CipherError, EventCipher};
 use meridian_event_log::EventMessage;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
@@ -23,6 +24,9 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::ProjectedEvent;
+
+/// Event type whose projection deletes a user's rows and documents.
+pub const ERASED_EVENT: &str = "UserErased";
 
 /// Maximum number of messages in one batch.
 pub const MAX_BATCH_MESSAGES: usize = 500;
@@ -88,6 +92,7 @@ pub struct Counters {
     already_applied: AtomicU64,
     redelivered: AtomicU64,
     undecodable: AtomicU64,
+    erased: AtomicU64,
 }
 
 /// A copy of [`Counters`] at one moment.
@@ -99,6 +104,8 @@ pub struct CounterValues {
     pub redelivered: u64,
     /// Messages that could not be decoded into a known event, and were skipped.
     pub undecodable: u64,
+    /// Messages of erased users, whose key is destroyed, and were skipped.
+    pub erased: u64,
 }
 
 impl Counters {
@@ -109,6 +116,7 @@ impl Counters {
             already_applied: self.already_applied.load(Ordering::Relaxed),
             redelivered: self.redelivered.load(Ordering::Relaxed),
             undecodable: self.undecodable.load(Ordering::Relaxed),
+            erased: self.erased.load(Ordering::Relaxed),
         }
     }
 
@@ -272,6 +280,7 @@ fn partition_numbers(partitions: &TopicPartitionList) -> Vec<i32> {
 /// stored next offsets per partition.
 pub async fn run_projection<H: BatchHandler>(
     settings: ConsumerSettings,
+    cipher: EventCipher,
     start_offsets: HashMap<i32, i64>,
     handler: H,
     counters: Arc<Counters>,
@@ -283,7 +292,11 @@ pub async fn run_projection<H: BatchHandler>(
     tracing::info!(projection = settings.projection, topic = %settings.topic, group = %settings.group_id, "projection started");
 
     let mut committed = TopicPartitionList::new();
-    while let Some(batch) = next_batch(&consumer, &settings, &counters, &shutdown).await {
+    while let Some(messages) = next_batch(&consumer, &settings, &counters, &shutdown).await {
+        let Some(batch) = open_until_done(&cipher, messages, &settings, &counters, &shutdown).await
+        else {
+            break;
+        };
         let Some(outcome) = apply_until_done(&handler, &batch, &settings, &shutdown).await else {
             break;
         };
@@ -325,6 +338,7 @@ pub async fn run_projection<H: BatchHandler>(
         already_applied = totals.already_applied,
         redelivered = totals.redelivered,
         undecodable = totals.undecodable,
+        erased = totals.erased,
         "projection stopped"
     );
     Ok(())
@@ -380,6 +394,14 @@ fn offsets_list(
     updated
 }
 
+/// One consumed message, decoded but with its personal fields still sealed. `message` is
+/// `None` when it is not an event message; that was logged and counted.
+struct Decoded {
+    partition: i32,
+    offset: i64,
+    message: Option<EventMessage>,
+}
+
 /// Waits for the first message, then collects more for up to [`BATCH_WINDOW`] or
 /// [`MAX_BATCH_MESSAGES`]. Returns `None` once `shutdown` is cancelled.
 async fn next_batch(
@@ -387,7 +409,7 @@ async fn next_batch(
     settings: &ConsumerSettings,
     counters: &Counters,
     shutdown: &CancellationToken,
-) -> Option<Batch> {
+) -> Option<Vec<Decoded>> {
     let mut messages = Vec::new();
     while messages.is_empty() {
         let received = tokio::select! {
@@ -422,42 +444,173 @@ async fn next_batch(
             },
         }
     }
-    Some(Batch {
-        topic: settings.topic.clone(),
-        messages,
-    })
+    Some(messages)
 }
 
-/// Decodes one message, logging and counting a message that is not a known event.
+/// Decodes one message, logging and counting a message that is not an event message.
 fn decode(
     message: &BorrowedMessage<'_>,
     settings: &ConsumerSettings,
     counters: &Counters,
-) -> Received {
-    let event = EventMessage::decode(message)
-        .map_err(anyhow::Error::from)
-        .and_then(|decoded| ProjectedEvent::from_message(&decoded).map_err(anyhow::Error::from));
-    let event = match event {
-        Ok(event) => Some(event),
+) -> Decoded {
+    let decoded = match EventMessage::decode(message) {
+        Ok(decoded) => Some(decoded),
         Err(error) => {
-            let skipped = counters.undecodable.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::error!(
-                projection = settings.projection,
-                topic = message.topic(),
-                partition = message.partition(),
-                offset = message.offset(),
-                error = %error,
-                skipped,
-                "skipping message that is not a known event"
+            skip_undecodable(
+                settings,
+                counters,
+                message.partition(),
+                message.offset(),
+                &error,
             );
             None
         }
     };
-    Received {
+    Decoded {
         partition: message.partition(),
         offset: message.offset(),
-        event,
+        message: decoded,
     }
+}
+
+fn skip_undecodable(
+    settings: &ConsumerSettings,
+    counters: &Counters,
+    partition: i32,
+    offset: i64,
+    error: &dyn std::fmt::Display,
+) {
+    let skipped = counters.undecodable.fetch_add(1, Ordering::Relaxed) + 1;
+    tracing::error!(
+        projection = settings.projection,
+        topic = %settings.topic,
+        partition,
+        offset,
+        error = %error,
+        skipped,
+        "skipping message that is not a known event"
+    );
+}
+
+/// Opens the personal fields of every message and decodes the domain events, retrying
+/// while the key store or key provider is unreachable. Returns `None` when `shutdown` is
+/// cancelled first.
+async fn open_until_done(
+    cipher: &EventCipher,
+    messages: Vec<Decoded>,
+    settings: &ConsumerSettings,
+    counters: &Counters,
+    shutdown: &CancellationToken,
+) -> Option<Batch> {
+    let mut delay = RETRY_DELAYS.0;
+    loop {
+        match open_batch(cipher, &messages, settings, counters).await {
+            Ok(received) => {
+                return Some(Batch {
+                    topic: settings.topic.clone(),
+                    messages: received,
+                })
+            }
+            Err(error) => tracing::error!(
+                projection = settings.projection,
+                messages = messages.len(),
+                error = format!("{error:#}"),
+                retry_in_ms = delay.as_millis(),
+                "failed to open sealed events, retrying"
+            ),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = sleep(delay) => {}
+        }
+        delay = (delay * 2).min(RETRY_DELAYS.1);
+    }
+}
+
+/// One attempt of [`open_until_done`]. Events of an erased user are skipped: their key is
+/// destroyed, and the `UserErased` event removes what the projections hold of them. After a
+/// `UserErased` event, the batch skips the user's later messages too, which can only be
+/// copies the relay published twice.
+async fn open_batch(
+    cipher: &EventCipher,
+    messages: &[Decoded],
+    settings: &ConsumerSettings,
+    counters: &Counters,
+) -> Result<Vec<Received>, CipherError> {
+    let mut erased = HashSet::new();
+    let mut skipped_erased = 0;
+    let mut received = Vec::with_capacity(messages.len());
+    for decoded in messages {
+        let mut event = None;
+        if let Some(message) = &decoded.message {
+            if erased.contains(&message.aggregate_id) {
+                skipped_erased += 1;
+            } else {
+                match open_message(cipher, message).await {
+                    Ok(projected) => {
+                        if projected.event_type == ERASED_EVENT {
+                            cipher.keyring().forget(&message.aggregate_id);
+                            erased.insert(message.aggregate_id.clone());
+                        }
+                        event = Some(projected);
+                    }
+                    Err(Opened::Erased) => skipped_erased += 1,
+                    Err(Opened::Transient(error)) => return Err(error),
+                    Err(Opened::Invalid(error)) => skip_undecodable(
+                        settings,
+                        counters,
+                        decoded.partition,
+                        decoded.offset,
+                        &error,
+                    ),
+                }
+            }
+        }
+        received.push(Received {
+            partition: decoded.partition,
+            offset: decoded.offset,
+            event,
+        });
+    }
+    if skipped_erased > 0 {
+        counters.erased.fetch_add(skipped_erased, Ordering::Relaxed);
+        tracing::debug!(
+            projection = settings.projection,
+            skipped = skipped_erased,
+            "skipped events of erased users"
+        );
+    }
+    Ok(received)
+}
+
+/// Why a message did not become a [`ProjectedEvent`].
+enum Opened {
+    Erased,
+    Transient(CipherError),
+    Invalid(anyhow::Error),
+}
+
+async fn open_message(
+    cipher: &EventCipher,
+    message: &EventMessage,
+) -> Result<ProjectedEvent, Opened> {
+    let mut payload = message.tagged_payload();
+    if let Err(error) = cipher
+        .open_event(&message.aggregate_id, &message.event_type, &mut payload)
+        .await
+    {
+        return Err(if error.is_erased() {
+            Opened::Erased
+        } else if error.is_transient() {
+            Opened::Transient(error)
+        } else {
+            Opened::Invalid(anyhow::Error::new(error).context(format!(
+                "failed to open {} event at position {}",
+                message.event_type, message.position
+            )))
+        });
+    }
+    ProjectedEvent::from_payload(message, payload).map_err(|error| Opened::Invalid(error.into()))
 }
 
 /// Applies `batch` until it succeeds, waiting longer after each failure. Returns `None`

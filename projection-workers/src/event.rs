@@ -7,6 +7,7 @@ use meridian_domain::location::{LocationEvent, LocationTrack};
 use meridian_domain::profile::{Profile, ProfileEvent};
 use meridian_domain::user::{User, UserEvent};
 use meridian_event_log::EventMessage;
+use serde_json::Value;
 use uuid::Uuid;
 
 /// Aggregate type names as stored in `events.aggregate_type`.
@@ -55,10 +56,16 @@ pub enum EventError {
 
 impl ProjectedEvent {
     /// Deserializes the message's payload into the domain event of its aggregate type.
+    /// The payload must hold no sealed fields; see [`ProjectedEvent::from_payload`].
     pub fn from_message(message: &EventMessage) -> Result<Self, EventError> {
+        Self::from_payload(message, message.tagged_payload())
+    }
+
+    /// Deserializes `payload`, the message's tagged payload with its personal fields opened,
+    /// into the domain event of the message's aggregate type.
+    pub fn from_payload(message: &EventMessage, payload: Value) -> Result<Self, EventError> {
         let user_id = Uuid::parse_str(&message.aggregate_id)
             .map_err(|_| EventError::InvalidAggregateId(message.aggregate_id.clone()))?;
-        let payload = message.tagged_payload();
         let invalid = |source| EventError::InvalidPayload {
             aggregate_type: message.aggregate_type.clone(),
             event_type: message.event_type.clone(),
@@ -88,7 +95,7 @@ impl ProjectedEvent {
 mod tests {
     use super::*;
     use meridian_event_log::StoredEvent;
-    use serde_json::{json, Value};
+    use serde_json::json;
 
     fn message(aggregate_type: &str, aggregate_id: &str, payload: Value) -> EventMessage {
         let event_type = payload

@@ -17,6 +17,7 @@ pub mod read_models;
 use std::future::Future;
 
 use anyhow::Context;
+use meridian_crypto::KeySettings;
 use meridian_event_log::Settings;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -52,12 +53,14 @@ pub async fn ensure_events_topic(settings: &Settings) -> anyhow::Result<()> {
 /// is stopped too and the error is returned.
 pub async fn run(
     settings: Settings,
+    keys: KeySettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let pool =
         meridian_event_log::database::connect(&settings.database_url, DATABASE_CONNECTIONS).await?;
-    let read_models = ReadModelProjection::new(settings.clone(), pool.clone());
-    let analytics = AnalyticsProjection::connect(settings, pool).await?;
+    let cipher = keys.event_cipher(pool.clone()).await?;
+    let read_models = ReadModelProjection::new(settings.clone(), pool.clone(), cipher.clone());
+    let analytics = AnalyticsProjection::connect(settings, pool, cipher).await?;
 
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();

@@ -1,5 +1,6 @@
 //! Runs the read-models and analytics projections until SIGTERM or Ctrl-C.
 
+use meridian_crypto::KeySettings;
 use meridian_event_log::Settings;
 use meridian_projection_workers::{run, shutdown_signal};
 
@@ -7,5 +8,6 @@ use meridian_projection_workers::{run, shutdown_signal};
 async fn main() -> anyhow::Result<()> {
     meridian_event_log::telemetry::init();
     let settings = Settings::from_env()?;
-    run(settings, shutdown_signal()).await
+    let keys = KeySettings::from_env()?;
+    run(settings, keys, shutdown_signal()).await
 }

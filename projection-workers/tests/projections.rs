@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::DomainEvent as _;
+use meridian_crypto::testing::TestKeys;
+use meridian_crypto::EventCipher;
 use meridian_domain::location::LocationEvent;
 use meridian_domain::profile::{ImageReference, ProfileEvent};
 use meridian_domain::user::UserEvent;
@@ -39,6 +41,9 @@ struct Stack {
     pool: PgPool,
     producer: FutureProducer,
     mongo: mongodb::Client,
+    cipher: EventCipher,
+    /// The master key file of the test, which lives as long as the stack.
+    keys: Arc<TestKeys>,
 }
 
 impl Stack {
@@ -52,8 +57,31 @@ impl Stack {
             .collection(analytics::COLLECTION)
     }
 
-    /// Produces `messages` keyed by aggregate id, as the outbox relay does.
+    /// Seals the personal fields of `messages` as the command service stores them, and
+    /// produces them keyed by aggregate id, as the outbox relay does.
     async fn produce(&self, messages: &[EventMessage]) {
+        let sealed = self.seal(messages).await;
+        self.produce_sealed(&sealed).await;
+    }
+
+    /// Returns `messages` with their personal fields sealed.
+    async fn seal(&self, messages: &[EventMessage]) -> Vec<EventMessage> {
+        let mut sealed = Vec::with_capacity(messages.len());
+        for message in messages {
+            let mut payload = message.tagged_payload();
+            self.cipher
+                .seal_event(&message.aggregate_id, &message.event_type, &mut payload)
+                .await
+                .expect("sealing a test event");
+            let mut message = message.clone();
+            message.data = payload[&message.event_type].take();
+            sealed.push(message);
+        }
+        sealed
+    }
+
+    /// Produces `messages` as they are, keyed by aggregate id.
+    async fn produce_sealed(&self, messages: &[EventMessage]) {
         let topic = self.topic();
         let values: Vec<Vec<u8>> = messages.iter().map(EventMessage::value).collect();
         let sends = messages.iter().zip(&values).map(|(message, value)| {
@@ -186,11 +214,15 @@ async fn connect_stack(database: &TestDatabase) -> anyhow::Result<Stack> {
         .set("message.timeout.ms", "10000")
         .create()?;
     let mongo = mongodb::Client::with_uri_str(&settings.mongodb_url).await?;
+    let keys = TestKeys::create()?;
+    let cipher = keys.event_cipher(database.pool.clone()).await?;
     Ok(Stack {
         settings,
         pool: database.pool.clone(),
         producer,
         mongo,
+        cipher,
+        keys: Arc::new(keys),
     })
 }
 
@@ -203,7 +235,11 @@ struct Running {
 
 impl Running {
     fn read_models(stack: &Stack) -> Self {
-        let projection = ReadModelProjection::new(stack.settings.clone(), stack.pool.clone());
+        let projection = ReadModelProjection::new(
+            stack.settings.clone(),
+            stack.pool.clone(),
+            stack.cipher.clone(),
+        );
         let counters = projection.counters();
         let stop = CancellationToken::new();
         let task = tokio::spawn(projection.run(stop.clone()));
@@ -215,9 +251,13 @@ impl Running {
     }
 
     async fn analytics(stack: &Stack) -> Self {
-        let projection = AnalyticsProjection::connect(stack.settings.clone(), stack.pool.clone())
-            .await
-            .expect("analytics projection");
+        let projection = AnalyticsProjection::connect(
+            stack.settings.clone(),
+            stack.pool.clone(),
+            stack.cipher.clone(),
+        )
+        .await
+        .expect("analytics projection");
         let counters = projection.counters();
         let stop = CancellationToken::new();
         let task = tokio::spawn(projection.run(stop.clone()));
@@ -790,9 +830,13 @@ async fn run_starts_both_projections() {
             ..stack.clone()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let workers = tokio::spawn(meridian_projection_workers::run(settings.clone(), async {
-            stopped.await.ok();
-        }));
+        let workers = tokio::spawn(meridian_projection_workers::run(
+            settings.clone(),
+            stack.keys.settings.clone(),
+            async {
+                stopped.await.ok();
+            },
+        ));
         wait_for_topic(&run_stack).await;
 
         let mut log = EventLog::default();
@@ -853,4 +897,86 @@ async fn wait_for_topic(stack: &Stack) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Destroys the key of `user_id` as the event store's trigger does with `UserErased`.
+async fn destroy_key(pool: &PgPool, user_id: Uuid) {
+    sqlx::query("DELETE FROM user_keys WHERE user_id = $1")
+        .bind(user_id.to_string())
+        .execute(pool)
+        .await
+        .expect("delete the user's key");
+    sqlx::query("INSERT INTO erased_users (user_id) VALUES ($1)")
+        .bind(user_id.to_string())
+        .execute(pool)
+        .await
+        .expect("record the erase");
+}
+
+#[tokio::test]
+async fn erased_user_disappears_from_every_projection() {
+    with_stack(|stack| async move {
+        let mut log = EventLog::default();
+        let (ada, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut before = vec![log.registered(ada, "ada@ais.example")];
+        before.push(log.registered(bob, "bob@ais.example"));
+        before.extend((0..5).map(|step| log.location(ada, 40.0 + f64::from(step), step.into())));
+        before.push(log.location(bob, 41.0, 0));
+        let before = stack.seal(&before).await;
+        stack.produce_sealed(&before).await;
+
+        // Stored before the erase but consumed after it: the key is gone by then, and no
+        // process has it cached any more.
+        let unread = vec![log.location(ada, 45.0, 50)];
+        stack.produce(&unread).await;
+        destroy_key(&stack.pool, ada).await;
+        stack.cipher.keyring().forget(&ada.to_string());
+        // The erase, which has no personal field to seal, then a copy of an earlier
+        // message, as a relay that published twice.
+        let erased = log.user(
+            ada,
+            UserEvent::UserErased {
+                erased_at: time(60),
+            },
+        );
+        stack.produce_sealed(&[erased, before[2].clone()]).await;
+        let total = count(before.len() + 3);
+
+        let read_models = Running::read_models(&stack);
+        let analytics = Running::analytics(&stack).await;
+        stack
+            .wait_until_consumed(read_models::PROJECTION, total)
+            .await;
+        stack
+            .wait_until_consumed(analytics::PROJECTION, total)
+            .await;
+        let read_counters = read_models.stop().await;
+        analytics.stop().await;
+
+        for table in [
+            "rm_users",
+            "rm_profiles",
+            "rm_latest_locations",
+            "rm_location_history",
+        ] {
+            let rows: i64 =
+                sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE user_id = $1"))
+                    .bind(ada)
+                    .fetch_one(&stack.pool)
+                    .await
+                    .unwrap();
+            assert_eq!(rows, 0, "{table} rows of the erased user");
+        }
+        let collection = stack.location_events();
+        let documents = |user: Uuid| doc! {"user_id": user.to_string()};
+        assert_eq!(collection.count_documents(documents(ada)).await.unwrap(), 0);
+        assert_eq!(collection.count_documents(documents(bob)).await.unwrap(), 1);
+        assert_eq!(user_row(&stack.pool, bob).await.email, "bob@ais.example");
+        // The projections started after the erase, so none of Ada's seven sealed messages
+        // (and the copy) could be opened; Bob's two and the erase itself applied.
+        assert_eq!(read_counters.erased, 8, "{read_counters:?}");
+        assert_eq!(read_counters.applied, 3, "{read_counters:?}");
+        assert_eq!(read_counters.undecodable, 0, "{read_counters:?}");
+    })
+    .await;
 }

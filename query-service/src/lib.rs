@@ -103,6 +103,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{id}", get(users::get_user))
         .route("/v1/users/{id}/profile", get(users::get_profile))
         .route(
+            "/v1/users/{id}/profile/image",
+            get(users::get_profile_image),
+        )
+        .route(
             "/v1/users/{id}/location",
             get(locations::get_latest_location),
         )

@@ -17,6 +17,7 @@ use crate::routes::{health, locations, stats, users};
         users::get_user,
         users::find_users_by_email,
         users::get_profile,
+        users::get_profile_image,
         locations::get_latest_location,
         locations::list_locations,
         stats::get_stats,

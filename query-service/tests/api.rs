@@ -260,6 +260,7 @@ async fn profile_returns_settings_and_image() {
                 "user_id": user_id,
                 "settings": {"units": "metric", "share": true},
                 "image": image,
+                "encrypted_image": null,
                 "updated_at": "2020-06-30T00:00:05Z",
                 "last_sequence": 2,
             })
@@ -595,6 +596,7 @@ async fn openapi_lists_every_route() {
             "/v1/users",
             "/v1/users/{id}",
             "/v1/users/{id}/profile",
+            "/v1/users/{id}/profile/image",
             "/v1/users/{id}/location",
             "/v1/users/{id}/locations",
             "/v1/stats",
@@ -665,6 +667,239 @@ async fn database_failure_returns_opaque_error() {
             !message.contains("rm_users"),
             "message leaks the cause: {message}"
         );
+    })
+    .await;
+}
+
+/// Stand-in for an envelope: the query service serves the stored bytes without reading them.
+const ENVELOPE: &[u8] = b"MRDIMG\x01\x01 stand-in header and ciphertext \x00\xff";
+const IMAGE_ID: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+fn encrypted_image(image_id: &str) -> Value {
+    json!({
+        "id": image_id,
+        "size_bytes": ENVELOPE.len(),
+        "media_type": "image/webp",
+        "key_mode": "passphrase",
+        "uploaded_at": "2020-06-30T00:00:07Z",
+    })
+}
+
+/// Writes the profile read model naming `image` as the current encrypted image.
+async fn insert_profile_with_image(pool: &PgPool, user_id: Uuid, image: Option<Value>) {
+    sqlx::query(
+        "INSERT INTO rm_profiles (user_id, settings, encrypted_image, updated_at, last_sequence,
+                                  last_position)
+         VALUES ($1, '{}', $2, $3, 1, 41)",
+    )
+    .bind(user_id)
+    .bind(image)
+    .bind(time(7))
+    .execute(pool)
+    .await
+    .expect("insert rm_profiles");
+}
+
+async fn insert_envelope(pool: &PgPool, user_id: Uuid, image_id: &str, bytes: &[u8]) {
+    sqlx::query(
+        "INSERT INTO profile_images (user_id, image_id, bytes, media_type, created_at)
+         VALUES ($1, $2, $3, 'image/webp', now())",
+    )
+    .bind(user_id.to_string())
+    .bind(image_id)
+    .bind(bytes)
+    .execute(pool)
+    .await
+    .expect("insert profile_images");
+}
+
+/// Sends `GET /v1/users/{id}/profile/image` and returns the raw response.
+async fn get_image(
+    server: &Server,
+    user_id: Uuid,
+    if_none_match: Option<&str>,
+) -> reqwest::Response {
+    let mut request = server
+        .client
+        .get(format!("{}/v1/users/{user_id}/profile/image", server.base));
+    if let Some(etag) = if_none_match {
+        request = request.header("if-none-match", etag);
+    }
+    request.send().await.expect("request failed")
+}
+
+fn header(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn profile_includes_encrypted_image_metadata() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        insert_profile_with_image(&server.pool, user_id, Some(encrypted_image(IMAGE_ID))).await;
+
+        let (status, _, body) = server.get(&format!("/v1/users/{user_id}/profile")).await;
+
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["encrypted_image"], encrypted_image(IMAGE_ID));
+        assert_eq!(body["image"], Value::Null);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn profile_image_returns_stored_envelope() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        insert_profile_with_image(&server.pool, user_id, Some(encrypted_image(IMAGE_ID))).await;
+        insert_envelope(&server.pool, user_id, IMAGE_ID, ENVELOPE).await;
+
+        let response = get_image(&server, user_id, None).await;
+
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            header(&response, "content-type"),
+            "application/vnd.meridian.encrypted-image"
+        );
+        assert_eq!(header(&response, "etag"), format!("\"{IMAGE_ID}\""));
+        assert_eq!(header(&response, "x-meridian-media-type"), "image/webp");
+        assert!(!header(&response, "x-request-id").is_empty());
+        let bytes = response.bytes().await.expect("body is readable");
+        assert_eq!(bytes.as_ref(), ENVELOPE);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn profile_image_serves_only_current_envelope() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        let old_id = "0".repeat(64);
+        insert_profile_with_image(&server.pool, user_id, Some(encrypted_image(IMAGE_ID))).await;
+        insert_envelope(&server.pool, user_id, &old_id, b"MRDIMG old envelope").await;
+        insert_envelope(&server.pool, user_id, IMAGE_ID, ENVELOPE).await;
+
+        let response = get_image(&server, user_id, None).await;
+
+        assert_eq!(header(&response, "etag"), format!("\"{IMAGE_ID}\""));
+        let bytes = response.bytes().await.expect("body is readable");
+        assert_eq!(bytes.as_ref(), ENVELOPE);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn profile_image_with_current_etag_is_not_modified() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        insert_profile_with_image(&server.pool, user_id, Some(encrypted_image(IMAGE_ID))).await;
+        insert_envelope(&server.pool, user_id, IMAGE_ID, ENVELOPE).await;
+
+        let current = format!("\"{IMAGE_ID}\"");
+        let response = get_image(&server, user_id, Some(&current)).await;
+
+        assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(header(&response, "etag"), current);
+        let bytes = response.bytes().await.expect("body is readable");
+        assert!(bytes.is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn profile_image_with_old_etag_is_returned() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        insert_profile_with_image(&server.pool, user_id, Some(encrypted_image(IMAGE_ID))).await;
+        insert_envelope(&server.pool, user_id, IMAGE_ID, ENVELOPE).await;
+
+        let old = format!("\"{}\"", "0".repeat(64));
+        let response = get_image(&server, user_id, Some(&old)).await;
+
+        assert_eq!(response.status(), StatusCode::OK);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn profile_image_without_upload_is_not_found() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        insert_profile_with_image(&server.pool, user_id, None).await;
+
+        let (status, _, body) = server
+            .get(&format!("/v1/users/{user_id}/profile/image"))
+            .await;
+
+        assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains("no uploaded profile image"), "{message}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn profile_image_of_unknown_user_is_not_found() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+
+        let (status, _, body) = server
+            .get(&format!("/v1/users/{user_id}/profile/image"))
+            .await;
+
+        assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn profile_image_missing_from_storage_is_not_found() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        insert_profile_with_image(&server.pool, user_id, Some(encrypted_image(IMAGE_ID))).await;
+
+        let (status, _, body) = server
+            .get(&format!("/v1/users/{user_id}/profile/image"))
+            .await;
+
+        assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains(IMAGE_ID), "{message}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn openapi_describes_image_download() {
+    with_server(|server| async move {
+        let (_, _, body) = server.get("/openapi.json").await;
+
+        let operation = &body["paths"]["/v1/users/{id}/profile/image"]["get"];
+        let ok = &operation["responses"]["200"];
+        let content = &ok["content"]["application/vnd.meridian.encrypted-image"]["schema"];
+        let reference = content["$ref"].as_str().unwrap_or_default();
+        let name = reference.rsplit('/').next().unwrap_or_default();
+        let schema = &body["components"]["schemas"][name];
+        assert_eq!(schema["type"], "string", "{operation}");
+        assert_eq!(schema["format"], "binary", "{operation}");
+        assert!(ok["headers"]["ETag"].is_object(), "{ok}");
+        assert!(ok["headers"]["X-Meridian-Media-Type"].is_object(), "{ok}");
+        assert!(operation["responses"]["304"].is_object(), "{operation}");
+        assert!(operation["responses"]["404"].is_object(), "{operation}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn profile_image_of_non_uuid_is_rejected() {
+    with_server(|server| async move {
+        let (status, _, body) = server.get("/v1/users/42/profile/image").await;
+        assert_field_rejected(status, &body, "id");
     })
     .await;
 }

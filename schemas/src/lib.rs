@@ -42,8 +42,10 @@ const SCHEMAS: &[EmbeddedSchema] = &[
     embed!("EmailChanged", "1"),
     embed!("PasswordChanged", "1"),
     embed!("UserDeactivated", "1"),
+    embed!("UserErased", "1"),
     embed!("ProfileSettingsUpdated", "1"),
     embed!("ProfileImageChanged", "1"),
+    embed!("ProfileImageUploaded", "1"),
     embed!("LocationRecorded", "1"),
 ];
 

@@ -8,11 +8,17 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use cqrs_es::test::TestFramework;
 use cqrs_es::{Aggregate, DomainEvent};
+use meridian_crypto::envelope::DataKey;
+use meridian_crypto::personal::{personal_fields, seal_fields};
+use meridian_crypto::UserKeys;
 use meridian_domain::field::{Email, UserName};
 use meridian_domain::location::{
     LocationEvent, LocationReport, LocationServices, LocationTrack, RecordLocations, ReportHistory,
 };
-use meridian_domain::profile::{ImageReference, Profile, ProfileCommand, ProfileEvent, Settings};
+use meridian_domain::profile::envelope::{KeyMode, MediaType};
+use meridian_domain::profile::{
+    EncryptedImage, ImageReference, Profile, ProfileCommand, ProfileEvent, Settings,
+};
 use meridian_domain::user::{User, UserCommand, UserEvent};
 use meridian_event_log::{EventMessage, StoredEvent};
 use serde_json::{json, Value};
@@ -60,7 +66,7 @@ fn handle_user(given: Vec<UserEvent>, command: UserCommand) -> Vec<UserEvent> {
 
 /// Number of `UserEvent` variants. The exhaustive match in `user_variant` stops compiling when
 /// a variant is added, and the coverage test then fails until `user_events` builds it.
-const USER_VARIANTS: usize = 5;
+const USER_VARIANTS: usize = 6;
 
 fn user_variant(event: &UserEvent) -> usize {
     match event {
@@ -69,6 +75,7 @@ fn user_variant(event: &UserEvent) -> usize {
         UserEvent::EmailChanged { .. } => 2,
         UserEvent::PasswordChanged { .. } => 3,
         UserEvent::UserDeactivated { .. } => 4,
+        UserEvent::UserErased { .. } => 5,
     }
 }
 
@@ -107,15 +114,22 @@ fn user_events() -> Vec<UserEvent> {
             at: at("2020-07-01T12:00:00Z"),
         },
     ));
+    events.extend(handle_user(
+        vec![registered()],
+        UserCommand::Erase {
+            at: at("2020-07-02T08:00:00Z"),
+        },
+    ));
     events
 }
 
-const PROFILE_VARIANTS: usize = 2;
+const PROFILE_VARIANTS: usize = 3;
 
 fn profile_variant(event: &ProfileEvent) -> usize {
     match event {
         ProfileEvent::ProfileSettingsUpdated { .. } => 0,
         ProfileEvent::ProfileImageChanged { .. } => 1,
+        ProfileEvent::ProfileImageUploaded { .. } => 2,
     }
 }
 
@@ -123,7 +137,18 @@ fn image() -> ImageReference {
     ImageReference::parse("image", "s3://meridian-images/367000140.png", "image/png").unwrap()
 }
 
-/// Builds every `ProfileEvent` variant, the image both set and cleared.
+fn encrypted_image() -> EncryptedImage {
+    EncryptedImage {
+        id: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+        size_bytes: 48_213,
+        media_type: MediaType::Webp,
+        key_mode: KeyMode::KeyFile,
+        uploaded_at: at("2026-12-05T09:30:00.123456Z"),
+    }
+}
+
+/// Builds every `ProfileEvent` variant, the image both set and cleared, and an encrypted
+/// image upload.
 fn profile_events() -> Vec<ProfileEvent> {
     let settings = json!({"units": "metric", "map": {"zoom": 12, "layers": ["ais"]}});
     let mut events = TestFramework::<Profile>::with(())
@@ -145,6 +170,14 @@ fn profile_events() -> Vec<ProfileEvent> {
         .inspect_result()
         .unwrap();
     events.extend(cleared);
+    let uploaded = TestFramework::<Profile>::with(())
+        .given_no_previous_events()
+        .when(ProfileCommand::UploadImage {
+            image: encrypted_image(),
+        })
+        .inspect_result()
+        .unwrap();
+    events.extend(uploaded);
     events
 }
 
@@ -202,11 +235,29 @@ fn assert_covers<E>(events: &[E], variant: fn(&E) -> usize, count: usize, aggreg
     assert_eq!(covered, expected, "{aggregate} events built by the test");
 }
 
+/// Checks each event in plaintext, as with `MERIDIAN_SEAL_EVENTS=false`, and with its
+/// personal fields sealed, as the command service stores and publishes it by default.
 fn assert_all_valid<E: DomainEvent>(events: &[E]) {
+    let keys = UserKeys::new(
+        "8f0c1f0e-3d4b-4a51-9a43-2b5f0f9e4c11",
+        1,
+        &DataKey::generate(),
+    );
     for event in events {
         let (event_type, version, data) = kafka_value(event);
         let result = meridian_schemas::validate(&event_type, &version, &data);
         assert!(result.is_ok(), "{event_type} {data}: {result:?}");
+
+        let mut sealed = json!({ event_type.clone(): data });
+        seal_fields(&keys, &event_type, &mut sealed).unwrap();
+        let sealed = &sealed[&event_type];
+        for field in personal_fields(&event_type) {
+            if let Some(value) = sealed.get(*field) {
+                assert!(value.is_string(), "{event_type}.{field} sealed: {value}");
+            }
+        }
+        let result = meridian_schemas::validate(&event_type, &version, sealed);
+        assert!(result.is_ok(), "sealed {event_type} {sealed}: {result:?}");
     }
 }
 
@@ -437,4 +488,47 @@ fn image_with_extra_field_is_invalid() {
 #[test]
 fn image_change_without_image_field_is_invalid() {
     assert!(!is_valid("ProfileImageChanged", &json!({})));
+}
+
+/// Returns the Kafka value of a real `ProfileImageUploaded` event, to be broken by a test.
+fn uploaded_value() -> Value {
+    let event = ProfileEvent::ProfileImageUploaded {
+        image: encrypted_image(),
+    };
+    kafka_value(&event).2
+}
+
+#[test]
+fn uploaded_image_id_not_sha256_hex_is_invalid() {
+    let mut data = uploaded_value();
+    data["image"]["id"] = json!("9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08");
+    assert!(!is_valid("ProfileImageUploaded", &data));
+}
+
+#[test]
+fn uploaded_image_of_unknown_media_type_is_invalid() {
+    let mut data = uploaded_value();
+    data["image"]["media_type"] = json!("image/svg+xml");
+    assert!(!is_valid("ProfileImageUploaded", &data));
+}
+
+#[test]
+fn uploaded_image_over_2_mib_is_invalid() {
+    let mut data = uploaded_value();
+    data["image"]["size_bytes"] = json!(2_097_153);
+    assert!(!is_valid("ProfileImageUploaded", &data));
+}
+
+#[test]
+fn uploaded_image_with_unknown_key_mode_is_invalid() {
+    let mut data = uploaded_value();
+    data["image"]["key_mode"] = json!("kms");
+    assert!(!is_valid("ProfileImageUploaded", &data));
+}
+
+#[test]
+fn uploaded_image_with_extra_field_is_invalid() {
+    let mut data = uploaded_value();
+    data["image"]["plaintext_sha256"] = json!("00");
+    assert!(!is_valid("ProfileImageUploaded", &data));
 }

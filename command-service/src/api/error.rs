@@ -68,6 +68,9 @@ pub enum ApiError {
     /// 405
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// 410: the user was erased; their data is gone for good.
+    #[error("{message}")]
+    Gone { message: String },
     /// 409: the request clashes with stored state, such as a taken email address.
     #[error("{message}")]
     Conflict {
@@ -98,6 +101,14 @@ impl ApiError {
         }
     }
 
+    pub fn user_erased(user_id: &str) -> Self {
+        Self::Gone {
+            message: format!(
+                "user {user_id} was erased; their data can no longer be read or changed"
+            ),
+        }
+    }
+
     pub fn user_deactivated() -> Self {
         Self::Conflict {
             message: "user is deactivated".to_owned(),
@@ -121,6 +132,7 @@ impl ApiError {
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Gone { .. } => StatusCode::GONE,
             Self::Conflict { .. } | Self::ConcurrencyConflict(_) => StatusCode::CONFLICT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -134,6 +146,7 @@ impl ApiError {
             Self::Validation(_) => "validation_failed",
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::Gone { .. } => "gone",
             Self::Conflict { .. } | Self::ConcurrencyConflict(_) => "conflict",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
@@ -211,6 +224,7 @@ where
             conflict @ CommandError::Conflict { .. } => {
                 Self::ConcurrencyConflict(conflict.to_string())
             }
+            CommandError::Erased { user_id } => Self::user_erased(&user_id),
             CommandError::Unexpected(error) => Self::Internal(error),
         }
     }
@@ -229,6 +243,9 @@ impl From<UserError> for ApiError {
                 message: "user not found".to_owned(),
             },
             UserError::Deactivated => Self::user_deactivated(),
+            UserError::Erased => Self::Gone {
+                message: "user was erased; their data can no longer be read or changed".to_owned(),
+            },
         }
     }
 }

@@ -46,6 +46,7 @@ pub struct IdempotencyKey(pub String);
 enum CommandKind {
     RegisterUser,
     UpdateUser,
+    EraseUser,
     PutProfile,
     RecordLocations,
 }
@@ -55,6 +56,7 @@ impl CommandKind {
         match (method.as_str(), route) {
             ("POST", "/v1/users") => Some(Self::RegisterUser),
             ("PATCH", "/v1/users/{id}") => Some(Self::UpdateUser),
+            ("DELETE", "/v1/users/{id}") => Some(Self::EraseUser),
             ("PUT", "/v1/users/{id}/profile") => Some(Self::PutProfile),
             ("POST", "/v1/users/{id}/locations") => Some(Self::RecordLocations),
             _ => None,
@@ -63,7 +65,7 @@ impl CommandKind {
 
     fn aggregate_type(self) -> &'static str {
         match self {
-            Self::RegisterUser | Self::UpdateUser => "User",
+            Self::RegisterUser | Self::UpdateUser | Self::EraseUser => "User",
             Self::PutProfile => "Profile",
             Self::RecordLocations => "LocationTrack",
         }
@@ -344,7 +346,7 @@ async fn recover(
             let body = RegisterUserResponse::from_committed(committed)?;
             (StatusCode::CREATED, Json(body)).into_response()
         }
-        CommandKind::UpdateUser | CommandKind::PutProfile => {
+        CommandKind::UpdateUser | CommandKind::EraseUser | CommandKind::PutProfile => {
             Json(StoredEventsResponse::from(committed)).into_response()
         }
         CommandKind::RecordLocations => {

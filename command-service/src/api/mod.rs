@@ -23,6 +23,7 @@ use axum::response::Response;
 use axum::routing::{get, patch, post, put};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
+use meridian_crypto::{EventCipher, KeySettings};
 use meridian_domain::location::{LocationServices, LocationTrack};
 use meridian_domain::profile::Profile;
 use meridian_domain::user::User;
@@ -44,10 +45,12 @@ use crate::settings::CommandSettings;
 
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The state every handler shares: the pool and one executor per aggregate type.
+/// The state every handler shares: the pool, the event cipher and one executor per
+/// aggregate type.
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    pub cipher: EventCipher,
     pub users: Arc<Executor<User>>,
     pub profiles: Arc<Executor<Profile>>,
     pub locations: Arc<Executor<LocationTrack>>,
@@ -56,16 +59,18 @@ pub struct AppState {
 
 impl AppState {
     /// Builds the state over a pool whose database has the Meridian migrations applied.
-    pub fn new(pool: PgPool) -> Self {
-        let history = Arc::new(PgReportHistory::new(pool.clone()));
+    pub fn new(pool: PgPool, cipher: EventCipher) -> Self {
+        let history = Arc::new(PgReportHistory::new(pool.clone(), cipher.clone()));
         Self {
-            users: Arc::new(Executor::with_event_store(pool.clone(), ())),
-            profiles: Arc::new(Executor::with_event_store(pool.clone(), ())),
+            users: Arc::new(Executor::with_event_store(pool.clone(), cipher.clone(), ())),
+            profiles: Arc::new(Executor::with_event_store(pool.clone(), cipher.clone(), ())),
             locations: Arc::new(Executor::with_snapshot_store(
                 pool.clone(),
+                cipher.clone(),
                 LocationServices { history },
             )),
             retry: RetryPolicy::default(),
+            cipher,
             pool,
         }
     }
@@ -81,7 +86,9 @@ impl AppState {
     paths(
         users::register_user,
         users::update_user,
+        users::erase_user,
         profile::put_profile,
+        profile::put_profile_image,
         locations::record_locations,
         healthz,
         openapi_json,
@@ -94,8 +101,15 @@ pub struct ApiDoc;
 pub fn router(state: AppState) -> Router {
     let commands = Router::new()
         .route("/v1/users", post(users::register_user))
-        .route("/v1/users/{id}", patch(users::update_user))
+        .route(
+            "/v1/users/{id}",
+            patch(users::update_user).delete(users::erase_user),
+        )
         .route("/v1/users/{id}/profile", put(profile::put_profile))
+        .route(
+            "/v1/users/{id}/profile/image",
+            put(profile::put_profile_image),
+        )
         .route(
             "/v1/users/{id}/locations",
             post(locations::record_locations),
@@ -164,17 +178,23 @@ pub async fn serve(
     Ok(())
 }
 
-/// Connects to PostgreSQL, binds the listen address and serves until SIGTERM or Ctrl-C.
-pub async fn run(settings: Settings, command: CommandSettings) -> anyhow::Result<()> {
+/// Connects to PostgreSQL and the key provider, binds the listen address and serves until
+/// SIGTERM or Ctrl-C.
+pub async fn run(
+    settings: Settings,
+    keys: KeySettings,
+    command: CommandSettings,
+) -> anyhow::Result<()> {
     let pool =
         meridian_event_log::database::connect(&settings.database_url, command.max_connections)
             .await?;
+    let cipher = keys.event_cipher(pool.clone()).await?;
     let listener = TcpListener::bind(command.addr)
         .await
         .with_context(|| format!("failed to listen on {}", command.addr))?;
     serve(
         listener,
-        AppState::new(pool),
+        AppState::new(pool, cipher),
         crate::shutdown::shutdown_signal(),
     )
     .await

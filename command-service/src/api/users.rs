@@ -1,4 +1,4 @@
-//! `POST /v1/users` and `PATCH /v1/users/{id}`.
+//! `POST /v1/users`, `PATCH /v1/users/{id}` and `DELETE /v1/users/{id}`.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -7,7 +7,6 @@ use chrono::Utc;
 use meridian_domain::field::{check_password, Email, UserName};
 use meridian_domain::user::{UserCommand, UserError};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -127,7 +126,7 @@ pub async fn register_user(
     let (state, user_id, email, command, metadata) =
         (&state, &user_id, &email, &command, &metadata);
     let committed = with_retries(&state.retry, move || async move {
-        ensure_email_available(&state.pool, email, user_id).await?;
+        ensure_email_available(state, email, user_id).await?;
         state
             .users
             .execute(user_id, vec![command.clone()], metadata)
@@ -193,7 +192,7 @@ pub async fn update_user(
             if !user.registered {
                 return Err(ApiError::user_not_found(id));
             }
-            ensure_email_available(&state.pool, email, id).await?;
+            ensure_email_available(state, email, id).await?;
         }
         state
             .users
@@ -202,6 +201,50 @@ pub async fn update_user(
             .map_err(|error| user_error(error, id))
     })
     .await?;
+    Ok(Json(StoredEventsResponse::from(committed)))
+}
+
+/// Erase a user: destroy their data key and everything derived from it.
+///
+/// The `UserErased` event and the destruction of the key commit in one transaction. From then
+/// on no earlier event of the user can be opened, in PostgreSQL or on Kafka, and every
+/// command for the user answers 410. The projections delete the user's read-model rows and
+/// analytics documents when they reach the returned position.
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{id}",
+    tag = "users",
+    params(
+        ("id" = String, Path, format = Uuid, description = "User id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 200 visible ASCII characters; a repeat returns the first result"),
+    ),
+    responses(
+        (status = 200, description = "User erased", body = StoredEventsResponse),
+        (status = 404, description = "Unknown user", body = ErrorBody),
+        (status = 410, description = "User already erased", body = ErrorBody),
+    )
+)]
+pub async fn erase_user(
+    State(state): State<AppState>,
+    UserId(user_id): UserId,
+    idempotency_key: Option<Extension<IdempotencyKey>>,
+) -> Result<Json<StoredEventsResponse>, ApiError> {
+    let received_at = Utc::now();
+    let metadata = event_metadata(idempotency_key, received_at);
+    let command = UserCommand::Erase { at: received_at };
+    let (state, id, command, metadata) = (&state, &user_id, &command, &metadata);
+    let committed = with_retries(&state.retry, move || async move {
+        state
+            .users
+            .execute(id, vec![command.clone()], metadata)
+            .await
+            .map_err(|error| user_error(error, id))
+    })
+    .await;
+    // Whatever the outcome, a key this process still caches must not outlive the erase.
+    state.cipher.keyring().forget(&user_id);
+    let committed = committed?;
+    tracing::info!(user_id, position = committed.position, "erased user");
     Ok(Json(StoredEventsResponse::from(committed)))
 }
 
@@ -255,20 +298,27 @@ impl UserChanges {
 fn user_error(error: CommandError<UserError>, user_id: &str) -> ApiError {
     match error {
         CommandError::Rejected(UserError::NotFound) => ApiError::user_not_found(user_id),
+        CommandError::Rejected(UserError::Erased) => ApiError::user_erased(user_id),
         other => ApiError::from(other),
     }
 }
 
-/// Fails with 409 on field `email` when the address belongs to another user.
+/// Fails with 409 on field `email` when the address belongs to another user. Addresses are
+/// looked up by their blind index; the table holds no address.
 async fn ensure_email_available(
-    pool: &PgPool,
+    state: &AppState,
     email: &Email,
     user_id: &str,
 ) -> Result<(), ApiError> {
+    let index = state
+        .cipher
+        .email_index(email.as_str())
+        .await
+        .map_err(|error| anyhow::anyhow!(error).context("failed to index an email address"))?;
     let holder: Option<String> =
-        sqlx::query_scalar("SELECT user_id FROM user_emails WHERE email = $1")
-            .bind(email.as_str())
-            .fetch_optional(pool)
+        sqlx::query_scalar("SELECT user_id FROM user_emails WHERE email_index = $1")
+            .bind(index)
+            .fetch_optional(&state.pool)
             .await
             .map_err(|error| {
                 anyhow::anyhow!(error).context("failed to look up an email address")

@@ -1,12 +1,14 @@
 //! The HTTP command API of Meridian.
 
 use meridian_command_service::CommandSettings;
+use meridian_crypto::KeySettings;
 use meridian_event_log::{telemetry, Settings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init();
     let settings = Settings::from_env()?;
+    let keys = KeySettings::from_env()?;
     let command = CommandSettings::from_env()?;
-    meridian_command_service::run(settings, command).await
+    meridian_command_service::run(settings, keys, command).await
 }

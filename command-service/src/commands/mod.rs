@@ -8,6 +8,7 @@
 pub mod history;
 pub mod password;
 mod retry;
+pub mod sealed;
 
 use std::collections::HashMap;
 
@@ -16,12 +17,13 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateError, EventStore};
-use postgres_es::PostgresEventRepository;
+use meridian_crypto::EventCipher;
 use sqlx::PgPool;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
 pub use retry::{with_retries, RetryPolicy, Retryable};
+pub use sealed::{SealedRepository, UserErased};
 
 /// Channel the command service notifies after each commit, so the outbox relay wakes at once.
 pub const OUTBOX_CHANNEL: &str = "meridian_outbox";
@@ -102,6 +104,9 @@ pub enum CommandError<E: std::error::Error> {
         aggregate_type: &'static str,
         aggregate_id: String,
     },
+    /// The user was erased: their key is destroyed, so nothing of theirs loads or stores.
+    #[error("user {user_id} was erased")]
+    Erased { user_id: String },
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
 }
@@ -117,7 +122,7 @@ pub struct Executor<A>
 where
     A: Aggregate,
 {
-    store: PersistedEventStore<PostgresEventRepository, A>,
+    store: PersistedEventStore<SealedRepository, A>,
     services: A::Services,
     pool: PgPool,
 }
@@ -127,8 +132,8 @@ where
     A: Aggregate + Clone,
 {
     /// Creates an executor that rebuilds the aggregate from all of its events on every load.
-    pub fn with_event_store(pool: PgPool, services: A::Services) -> Self {
-        let repository = PostgresEventRepository::new(pool.clone());
+    pub fn with_event_store(pool: PgPool, cipher: EventCipher, services: A::Services) -> Self {
+        let repository = SealedRepository::new(pool.clone(), cipher);
         Self {
             store: PersistedEventStore::new_event_store(repository),
             services,
@@ -143,8 +148,8 @@ where
     /// commit, but it folds only the events up to the snapshot boundary into the state. With a
     /// snapshot size above 1, a commit that crosses a boundary therefore drops events from every
     /// later load. A size of 1 makes each snapshot cover its whole commit.
-    pub fn with_snapshot_store(pool: PgPool, services: A::Services) -> Self {
-        let repository = PostgresEventRepository::new(pool.clone());
+    pub fn with_snapshot_store(pool: PgPool, cipher: EventCipher, services: A::Services) -> Self {
+        let repository = SealedRepository::new(pool.clone(), cipher);
         Self {
             store: PersistedEventStore::new_snapshot_store(repository, 1),
             services,
@@ -339,6 +344,11 @@ fn store_error<A: Aggregate>(
             "failed to deserialize stored events of {} {aggregate_id}: {error}",
             A::TYPE
         )),
+        AggregateError::UnexpectedError(error) if error.is::<UserErased>() => {
+            CommandError::Erased {
+                user_id: aggregate_id.to_owned(),
+            }
+        }
         AggregateError::UnexpectedError(error) => CommandError::Unexpected(anyhow!(
             "event store failed for {} {aggregate_id}: {error}",
             A::TYPE

@@ -4,6 +4,7 @@ use axum::body::{to_bytes, Body};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use meridian_command_service::{router, AppState};
+use meridian_crypto::testing::TestKeys;
 use meridian_event_log::testing::{settings_for, TestDatabase};
 use meridian_event_log::Settings;
 use serde_json::{json, Value};
@@ -13,6 +14,9 @@ use tower::ServiceExt;
 pub struct TestApp {
     pub router: Router,
     pub pool: PgPool,
+    pub state: AppState,
+    /// Held so the master key file lives as long as the app.
+    _keys: TestKeys,
     database: Option<TestDatabase>,
 }
 
@@ -35,9 +39,17 @@ impl TestApp {
             .await
             .expect("PostgreSQL on 127.0.0.1:5432 must accept connections");
         let pool = database.pool.clone();
+        let keys = TestKeys::create().expect("a temporary master key file");
+        let cipher = keys
+            .event_cipher(pool.clone())
+            .await
+            .expect("the local key provider opens its file");
+        let state = AppState::new(pool.clone(), cipher);
         Self {
-            router: router(AppState::new(pool.clone())),
+            router: router(state.clone()),
             pool,
+            state,
+            _keys: keys,
             database: Some(database),
         }
     }

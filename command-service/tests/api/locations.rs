@@ -134,6 +134,16 @@ async fn snapshot_counts_every_stored_report() {
     .await
     .unwrap();
     assert_eq!(last_sequence, 210);
+    assert!(
+        snapshot.get("sealed").is_some(),
+        "snapshot is sealed: {snapshot}"
+    );
+    let snapshot = app
+        .state
+        .cipher
+        .open_snapshot(&user_id, "LocationTrack", snapshot)
+        .await
+        .unwrap();
     assert_eq!(snapshot["reports"], 210);
     app.finish().await;
 }

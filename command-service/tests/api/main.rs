@@ -1,8 +1,10 @@
 //! Command API tests against the real PostgreSQL, each test in a database of its own.
 
 mod common;
+mod erase;
 mod idempotency;
 mod locations;
 mod profile;
+mod profile_image;
 mod service;
 mod users;

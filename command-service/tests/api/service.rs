@@ -1,5 +1,5 @@
 use axum::http::{Method, StatusCode};
-use meridian_command_service::{serve, AppState};
+use meridian_command_service::serve;
 use serde_json::Value;
 
 use crate::common::{assert_error, TestApp};
@@ -90,7 +90,7 @@ async fn serve_answers_on_real_socket() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, AppState::new(app.pool.clone()), async {
+    let server = tokio::spawn(serve(listener, app.state.clone(), async {
         let _ = stopped.await;
     }));
 

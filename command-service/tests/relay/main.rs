@@ -424,6 +424,14 @@ async fn event_committed_late_is_published() {
     // This transaction takes a position first but commits after later events were published.
     let mut slow = harness.pool().begin().await.unwrap();
     let late_id = uuid::Uuid::new_v4().to_string();
+    // The event store accepts events only of a user with a data key; the relay never opens one.
+    sqlx::query(
+        "INSERT INTO user_keys (user_id, master_key_id, wrapped_key) VALUES ($1, 'relay-test', '\\x00')",
+    )
+    .bind(&late_id)
+    .execute(&mut *slow)
+    .await
+    .unwrap();
     let late_position: i64 = sqlx::query_scalar(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
          VALUES ('Profile', $1, 1, 'ProfileSettingsUpdated', '1', $2, '{}') RETURNING position",

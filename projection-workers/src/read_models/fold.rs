@@ -36,6 +36,8 @@ pub struct ProfileRow {
     pub user_id: Uuid,
     pub settings: Value,
     pub image: Option<Value>,
+    /// Metadata of the current encrypted image, an `EncryptedImage` as JSON.
+    pub encrypted_image: Option<Value>,
     pub updated_at: DateTime<Utc>,
     pub last_sequence: i64,
     pub last_position: i64,
@@ -143,8 +145,11 @@ impl ReadModelRows {
             UserEvent::NameChanged { name } => row.name = name.clone(),
             UserEvent::EmailChanged { email } => row.email = normalize_email(email),
             UserEvent::UserDeactivated { .. } => row.active = false,
-            // The password hash is not part of any read model.
-            UserEvent::PasswordChanged { .. } | UserEvent::UserRegistered { .. } => {}
+            // The password hash is in no read model; `UserErased` is applied by deleting
+            // the user's rows after the batch is folded.
+            UserEvent::PasswordChanged { .. }
+            | UserEvent::UserRegistered { .. }
+            | UserEvent::UserErased { .. } => {}
         }
         row.updated_at = envelope.stored_at;
         row.last_sequence = envelope.sequence;
@@ -161,6 +166,7 @@ impl ReadModelRows {
                 user_id: envelope.user_id,
                 settings: Value::Object(serde_json::Map::new()),
                 image: None,
+                encrypted_image: None,
                 updated_at: envelope.stored_at,
                 last_sequence: 0,
                 last_position: 0,
@@ -177,6 +183,11 @@ impl ReadModelRows {
                 row.image = image
                     .as_ref()
                     .and_then(|image| serde_json::to_value(image).ok());
+            }
+            ProfileEvent::ProfileImageUploaded { image } => {
+                // `EncryptedImage` contains only strings, an integer, unit enums and a
+                // timestamp, so serializing it cannot fail.
+                row.encrypted_image = serde_json::to_value(image).ok();
             }
         }
         row.updated_at = envelope.stored_at;
@@ -233,7 +244,8 @@ impl ReadModelRows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meridian_domain::profile::ImageReference;
+    use meridian_domain::profile::envelope::{KeyMode, MediaType};
+    use meridian_domain::profile::{EncryptedImage, ImageReference};
     use serde_json::json;
 
     fn time(seconds: i64) -> DateTime<Utc> {
@@ -392,6 +404,7 @@ mod tests {
                 user_id,
                 settings: json!({}),
                 image: Some(json!({"uri": "s3://b/a.png", "content_type": "image/png"})),
+                encrypted_image: None,
                 updated_at: time(0),
                 last_sequence: 3,
                 last_position: 50,
@@ -405,6 +418,70 @@ mod tests {
         ));
 
         assert_eq!(rows.profiles[&user_id].image, None);
+    }
+
+    fn encrypted_image(id: &str) -> EncryptedImage {
+        EncryptedImage {
+            id: id.repeat(64),
+            size_bytes: 2048,
+            media_type: MediaType::Png,
+            key_mode: KeyMode::KeyFile,
+            uploaded_at: time(5),
+        }
+    }
+
+    #[test]
+    fn uploaded_image_is_recorded() {
+        let user_id = Uuid::new_v4();
+        let mut rows = ReadModelRows::default();
+
+        let folded = rows.fold(&envelope(
+            user_id,
+            1,
+            AggregateEvent::Profile(ProfileEvent::ProfileImageUploaded {
+                image: encrypted_image("a"),
+            }),
+        ));
+
+        assert_eq!(folded, Folded::Applied);
+        let row = &rows.profiles[&user_id];
+        assert_eq!(
+            row.encrypted_image,
+            Some(json!({
+                "id": "a".repeat(64),
+                "size_bytes": 2048,
+                "media_type": "image/png",
+                "key_mode": "key-file",
+                "uploaded_at": "2020-06-30T00:00:05Z",
+            }))
+        );
+        assert_eq!(row.image, None);
+        assert!(rows.changed_profiles.contains(&user_id));
+    }
+
+    #[test]
+    fn later_upload_replaces_image_and_settings_stay() {
+        let user_id = Uuid::new_v4();
+        let mut rows = ReadModelRows::default();
+        let settings = json!({"units": "metric"}).as_object().cloned().unwrap();
+        let events = [
+            ProfileEvent::ProfileImageUploaded {
+                image: encrypted_image("a"),
+            },
+            ProfileEvent::ProfileSettingsUpdated { settings },
+            ProfileEvent::ProfileImageUploaded {
+                image: encrypted_image("b"),
+            },
+        ];
+        for (sequence, event) in (1..).zip(events) {
+            rows.fold(&envelope(user_id, sequence, AggregateEvent::Profile(event)));
+        }
+
+        let row = &rows.profiles[&user_id];
+        let id = row.encrypted_image.as_ref().map(|image| &image["id"]);
+        assert_eq!(id, Some(&json!("b".repeat(64))));
+        assert_eq!(row.settings, json!({"units": "metric"}));
+        assert_eq!(row.last_sequence, 3);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Context;
+use meridian_crypto::EventCipher;
 use meridian_event_log::Settings;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -30,14 +31,16 @@ pub const PROJECTION: &str = "read-models";
 pub struct ReadModelProjection {
     settings: Settings,
     pool: PgPool,
+    cipher: EventCipher,
     counters: Arc<Counters>,
 }
 
 impl ReadModelProjection {
-    pub fn new(settings: Settings, pool: PgPool) -> Self {
+    pub fn new(settings: Settings, pool: PgPool, cipher: EventCipher) -> Self {
         Self {
             settings,
             pool,
+            cipher,
             counters: Arc::default(),
         }
     }
@@ -58,6 +61,7 @@ impl ReadModelProjection {
         let handler = ReadModelHandler { pool: self.pool };
         consumer::run_projection(
             consumer_settings,
+            self.cipher,
             start_offsets,
             handler,
             self.counters,
@@ -96,7 +100,13 @@ pub async fn apply_batch(pool: &PgPool, batch: &Batch) -> anyhow::Result<BatchOu
         redelivered: unseen.redelivered,
         ..BatchOutcome::default()
     };
+    let mut erased = Vec::new();
     for event in &unseen.events {
+        if event.event_type == consumer::ERASED_EVENT {
+            erased.push(event.user_id);
+            outcome.applied += 1;
+            continue;
+        }
         match rows.fold(event) {
             Folded::Applied => outcome.applied += 1,
             Folded::AlreadyApplied => outcome.already_applied += 1,
@@ -120,6 +130,9 @@ pub async fn apply_batch(pool: &PgPool, batch: &Batch) -> anyhow::Result<BatchOu
         .saturating_sub(new_history);
     outcome.applied -= stored_before.min(outcome.applied);
     outcome.already_applied += stored_before;
+    delete_users(&mut transaction, &erased)
+        .await
+        .context("failed to delete the read-model rows of erased users")?;
 
     offsets::store(
         &mut transaction,
@@ -134,6 +147,34 @@ pub async fn apply_batch(pool: &PgPool, batch: &Batch) -> anyhow::Result<BatchOu
         .await
         .context("failed to commit read-model transaction")?;
     Ok(outcome)
+}
+
+/// Deletes every read-model row of the erased `users`. Runs after the batch's rows are
+/// written, so rows the same batch folded for them are deleted too.
+async fn delete_users(
+    connection: &mut sqlx::PgConnection,
+    users: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    for table in [
+        "rm_location_history",
+        "rm_latest_locations",
+        "rm_profiles",
+        "rm_users",
+    ] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE user_id = ANY($1)"))
+            .bind(users)
+            .execute(&mut *connection)
+            .await?;
+    }
+    tracing::info!(
+        projection = PROJECTION,
+        users = users.len(),
+        "deleted the read-model rows of erased users"
+    );
+    Ok(())
 }
 
 /// Messages of a batch at or after the stored next offset of their partition.

@@ -28,7 +28,8 @@ pub async fn load_rows(
     }
     if !profiles.is_empty() {
         let loaded: Vec<ProfileRow> = sqlx::query_as(
-            "SELECT user_id, settings, image, updated_at, last_sequence, last_position
+            "SELECT user_id, settings, image, encrypted_image, updated_at, last_sequence,
+                    last_position
              FROM rm_profiles WHERE user_id = ANY($1)",
         )
         .bind(profiles)
@@ -117,12 +118,13 @@ async fn upsert_profiles(
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO rm_profiles (user_id, settings, image, updated_at, last_sequence,
-                                  last_position)
-         SELECT * FROM unnest($1::uuid[], $2::jsonb[], $3::jsonb[], $4::timestamptz[],
-                              $5::bigint[], $6::bigint[])
+        "INSERT INTO rm_profiles (user_id, settings, image, encrypted_image, updated_at,
+                                  last_sequence, last_position)
+         SELECT * FROM unnest($1::uuid[], $2::jsonb[], $3::jsonb[], $4::jsonb[],
+                              $5::timestamptz[], $6::bigint[], $7::bigint[])
          ON CONFLICT (user_id) DO UPDATE
          SET settings = EXCLUDED.settings, image = EXCLUDED.image,
+             encrypted_image = EXCLUDED.encrypted_image,
              updated_at = EXCLUDED.updated_at, last_sequence = EXCLUDED.last_sequence,
              last_position = EXCLUDED.last_position
          WHERE rm_profiles.last_sequence < EXCLUDED.last_sequence",
@@ -134,6 +136,11 @@ async fn upsert_profiles(
             .collect::<Vec<_>>(),
     )
     .bind(rows.iter().map(|row| row.image.clone()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|row| row.encrypted_image.clone())
+            .collect::<Vec<_>>(),
+    )
     .bind(rows.iter().map(|row| row.updated_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|row| row.last_sequence).collect::<Vec<_>>())
     .bind(rows.iter().map(|row| row.last_position).collect::<Vec<_>>())

@@ -1,6 +1,10 @@
-//! `GET /v1/users/{id}`, `GET /v1/users?email=` and `GET /v1/users/{id}/profile`.
+//! `GET /v1/users/{id}`, `GET /v1/users?email=`, `GET /v1/users/{id}/profile` and
+//! `GET /v1/users/{id}/profile/image`.
 
 use axum::extract::State;
+use axum::http::header::{CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -49,6 +53,10 @@ pub struct ProfileView {
     /// `{"uri", "content_type"}` of the profile image, or null when there is none.
     #[schema(value_type = Option<Object>)]
     pub image: Option<Value>,
+    /// `{"id", "size_bytes", "media_type", "key_mode", "uploaded_at"}` of the encrypted image
+    /// that `GET /v1/users/{id}/profile/image` returns, or null when none was uploaded.
+    #[schema(value_type = Option<Object>)]
+    pub encrypted_image: Option<Value>,
     pub updated_at: DateTime<Utc>,
     /// Sequence of the last `Profile` event folded into this view.
     pub last_sequence: i64,
@@ -151,7 +159,7 @@ pub async fn get_profile(
     UserId(user_id): UserId,
 ) -> Result<Json<ProfileView>, ApiError> {
     let profile = sqlx::query_as::<_, ProfileView>(
-        "SELECT user_id, settings, image, updated_at, last_sequence
+        "SELECT user_id, settings, image, encrypted_image, updated_at, last_sequence
          FROM rm_profiles WHERE user_id = $1",
     )
     .bind(user_id)
@@ -160,6 +168,105 @@ pub async fn get_profile(
     profile
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no profile stored for user {user_id}")))
+}
+
+/// Media type of an encrypted image envelope.
+pub const ENVELOPE_CONTENT_TYPE: &str = "application/vnd.meridian.encrypted-image";
+/// Response header that names the media type of the image inside the envelope.
+pub const MEDIA_TYPE_HEADER: HeaderName = HeaderName::from_static("x-meridian-media-type");
+
+/// The bytes of an image envelope, as a binary OpenAPI schema.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct EnvelopeBytes(pub Vec<u8>);
+
+/// The current encrypted image of a user, joined from `rm_profiles` and `profile_images`.
+#[derive(Debug, sqlx::FromRow)]
+struct StoredImage {
+    image_id: Option<String>,
+    bytes: Option<Vec<u8>>,
+    media_type: Option<String>,
+}
+
+/// Return the user's current encrypted profile image: the envelope exactly as the client
+/// uploaded it. Only a client with the passphrase or key file can decrypt it.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{id}/profile/image",
+    tag = "users",
+    params(
+        ("id" = Uuid, Path, description = "User id"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier response; 304 while it is still the current image"),
+    ),
+    responses(
+        (status = 200, description = "The envelope", content_type = "application/vnd.meridian.encrypted-image", body = EnvelopeBytes,
+            headers(
+                ("ETag" = String, description = "The image id, the hex SHA-256 of the envelope, in quotes"),
+                ("X-Meridian-Media-Type" = String, description = "Media type of the image inside the envelope, such as image/png"),
+            )),
+        (status = 304, description = "The image named by If-None-Match is still the current one"),
+        (status = 404, description = "No encrypted image uploaded for this user, or the user was erased", body = ErrorBody),
+        (status = 422, description = "The id is not a UUID", body = ErrorBody),
+    )
+)]
+pub async fn get_profile_image(
+    State(state): State<AppState>,
+    UserId(user_id): UserId,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let stored = sqlx::query_as::<_, StoredImage>(
+        "SELECT p.encrypted_image ->> 'id' AS image_id, i.bytes, i.media_type
+         FROM rm_profiles p
+         LEFT JOIN profile_images i
+                ON i.user_id = p.user_id::text AND i.image_id = p.encrypted_image ->> 'id'
+         WHERE p.user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(&state.pool)
+    .await?;
+    let Some(StoredImage {
+        image_id: Some(image_id),
+        bytes,
+        media_type,
+    }) = stored
+    else {
+        return Err(ApiError::not_found(format!(
+            "user {user_id} has no uploaded profile image"
+        )));
+    };
+    let (Some(bytes), Some(media_type)) = (bytes, media_type) else {
+        return Err(ApiError::not_found(format!(
+            "profile image {image_id} of user {user_id} is not stored; the user may have been erased"
+        )));
+    };
+
+    let etag = format!("\"{image_id}\"");
+    let etag_value = HeaderValue::from_str(&etag).map_err(|_| {
+        anyhow::anyhow!("image id {image_id:?} of user {user_id} is not a valid ETag")
+    })?;
+    let media_type_value = HeaderValue::from_str(&media_type).map_err(|_| {
+        anyhow::anyhow!("media type {media_type:?} of image {image_id} is not a valid header")
+    })?;
+    let headers_out = [(ETAG, etag_value), (MEDIA_TYPE_HEADER, media_type_value)];
+    if matches_etag(&headers, &etag) {
+        return Ok((StatusCode::NOT_MODIFIED, headers_out).into_response());
+    }
+    let content_type = [(
+        CONTENT_TYPE,
+        HeaderValue::from_static(ENVELOPE_CONTENT_TYPE),
+    )];
+    Ok((headers_out, content_type, bytes).into_response())
+}
+
+/// Returns whether `If-None-Match` lists `etag` or is `*`.
+fn matches_etag(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|tag| tag.trim().trim_start_matches("W/"))
+        .any(|tag| tag == etag || tag == "*")
 }
 
 /// Returns whether `rm_users` has a row for `user_id`.
@@ -184,6 +291,20 @@ mod tests {
     fn missing_email_names_the_parameter() {
         let error = normalize_email(None).unwrap_err();
         assert!(matches!(error, ApiError::Validation { ref field, .. } if field == "email"));
+    }
+
+    #[test]
+    fn if_none_match_with_current_etag_matches() {
+        let mut headers = HeaderMap::new();
+        headers.insert(IF_NONE_MATCH, HeaderValue::from_static("\"b\", W/\"a\""));
+        assert!(matches_etag(&headers, "\"a\""));
+    }
+
+    #[test]
+    fn if_none_match_with_old_etag_does_not_match() {
+        let mut headers = HeaderMap::new();
+        headers.insert(IF_NONE_MATCH, HeaderValue::from_static("\"b\""));
+        assert!(!matches_etag(&headers, "\"a\""));
     }
 
     #[test]
