@@ -223,6 +223,18 @@ mod tests {
     }
 
     #[test]
+    fn sealed_text_starts_with_the_prefix_the_schemas_match() {
+        // schemas/events/*.json describe sealed values as `^AQ…`: format 1, key version < 2^28.
+        let key = DataKey::generate();
+        for version in [1, 2, (1 << 28) - 1] {
+            let sealed = FieldCipher::new(&key, Purpose::EventField, USER, version)
+                .seal("name", b"\"Ada\"")
+                .unwrap();
+            assert!(sealed.starts_with("AQ"), "{sealed}");
+        }
+    }
+
+    #[test]
     fn sealing_twice_gives_different_text() {
         let key = DataKey::generate();
         let cipher = cipher(&key);

@@ -14,7 +14,8 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
+use std::time::SystemTime;
 
 use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce};
@@ -36,6 +37,8 @@ const NONCE_LEN: usize = 12;
 pub struct LocalProvider {
     path: PathBuf,
     file: RwLock<KeyFile>,
+    /// Modification time of the file when it was last read.
+    modified: Mutex<Option<SystemTime>>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -116,6 +119,7 @@ impl LocalProvider {
         Ok(Self {
             path,
             file: RwLock::new(file),
+            modified: Mutex::new(None),
         })
     }
 
@@ -138,6 +142,7 @@ impl LocalProvider {
         Ok(Self {
             path,
             file: RwLock::new(file),
+            modified: Mutex::new(None),
         })
     }
 
@@ -174,7 +179,25 @@ impl LocalProvider {
         })
     }
 
+    /// Rereads the file when another process changed it since it was read, so that a master
+    /// key added by `meridian-keys rotate --new-master-key` wraps new keys at once.
+    fn follow_file(&self) -> Result<(), ProviderError> {
+        let modified = fs::metadata(&self.path)
+            .and_then(|metadata| metadata.modified())
+            .ok();
+        let mut loaded = self.modified.lock().expect("key file lock poisoned");
+        if modified.is_some() && modified == *loaded {
+            return Ok(());
+        }
+        let reread = read_key_file(&self.path)
+            .map_err(|error| ProviderError::Unavailable(format!("{error:#}")))?;
+        *self.file.write().expect("key file lock poisoned") = reread;
+        *loaded = modified;
+        Ok(())
+    }
+
     fn wrap(&self, key: &DataKey, subject: &str) -> Result<WrappedKey, ProviderError> {
+        self.follow_file()?;
         let master_key_id = self
             .file
             .read()
@@ -209,6 +232,7 @@ impl KeyProvider for LocalProvider {
     }
 
     async fn current_master_key_id(&self) -> Result<String, ProviderError> {
+        self.follow_file()?;
         Ok(self
             .file
             .read()
@@ -386,6 +410,22 @@ mod tests {
         let rewrapped = rotating.rewrap(&wrapped, "user:1").await.unwrap();
 
         let unwrapped = running.unwrap(&rewrapped, "user:1").await.unwrap();
+        assert_eq!(unwrapped.as_bytes(), key.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn running_provider_wraps_under_a_master_key_added_by_another_process() {
+        let (dir, rotating) = provider();
+        let running = LocalProvider::open(dir.path().join("master.json")).unwrap();
+        let (_, before) = running.generate("user:1").await.unwrap();
+
+        let added = rotating.add_master_key().unwrap();
+        let (key, after) = running.generate("user:2").await.unwrap();
+
+        assert_ne!(before.master_key_id, added);
+        assert_eq!(after.master_key_id, added);
+        assert_eq!(running.current_master_key_id().await.unwrap(), added);
+        let unwrapped = rotating.unwrap(&after, "user:2").await.unwrap();
         assert_eq!(unwrapped.as_bytes(), key.as_bytes());
     }
 
