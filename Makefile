@@ -17,6 +17,9 @@ endif
 ifdef MERIDIAN_MONGODB_PORT
 export MERIDIAN_MONGODB_URL ?= mongodb://127.0.0.1:$(MERIDIAN_MONGODB_PORT)/?directConnection=true
 endif
+ifdef MERIDIAN_MOTO_PORT
+export MERIDIAN_KMS_ENDPOINT ?= http://127.0.0.1:$(MERIDIAN_MOTO_PORT)
+endif
 
 .PHONY: help up down demo import test lint status reset
 
