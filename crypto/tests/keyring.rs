@@ -45,7 +45,7 @@ for_both_providers!(
     sealed_event_opens_with_a_fresh_keyring,
     rotation_rewraps_every_key,
     erased_user_has_no_key,
-    wrapped_key_of_another_user_is_refused,
+    wrapped_key_of_another_user_is_rejected,
     cache_expires_after_its_time_to_live,
     cache_expires_after_max_uses,
     blind_index_key_is_shared,
@@ -289,7 +289,7 @@ async fn erased_user_has_no_key(kind: Kind) {
     fixture.finish().await;
 }
 
-async fn wrapped_key_of_another_user_is_refused(kind: Kind) {
+async fn wrapped_key_of_another_user_is_rejected(kind: Kind) {
     let fixture = Fixture::new(kind).await;
     let victim = new_user_id();
     let thief = new_user_id();
@@ -311,7 +311,7 @@ async fn wrapped_key_of_another_user_is_refused(kind: Kind) {
 
     let loaded = fixture.keyring().for_reading(&thief).await.err();
     assert!(
-        matches!(loaded, Some(KeyError::Provider(ProviderError::Refused(_)))),
+        matches!(loaded, Some(KeyError::Provider(ProviderError::Rejected(_)))),
         "{loaded:?}"
     );
     assert!(fixture.keyring().for_reading(&victim).await.is_ok());

@@ -25,14 +25,14 @@ async fn generated_key_is_wrapped_under_the_key_arn() {
 }
 
 #[tokio::test]
-async fn key_of_another_subject_is_refused_without_key_bytes() {
+async fn key_of_another_subject_is_rejected_without_key_bytes() {
     let kms = TestKms::connect().await;
     let provider = kms.provider(&kms.create_key().await);
     let (key, wrapped) = provider.generate("user:1").await.unwrap();
 
     let error = provider.unwrap(&wrapped, "user:2").await.unwrap_err();
 
-    assert!(matches!(error, ProviderError::Refused(_)), "{error:?}");
+    assert!(matches!(error, ProviderError::Rejected(_)), "{error:?}");
     let message = error.to_string();
     assert!(message.contains("user:2"), "{message}");
     assert!(
@@ -47,7 +47,7 @@ async fn key_of_another_subject_is_refused_without_key_bytes() {
 }
 
 #[tokio::test]
-async fn altered_wrapped_key_is_refused() {
+async fn altered_wrapped_key_is_rejected() {
     let kms = TestKms::connect().await;
     let provider = kms.provider(&kms.create_key().await);
     let (_, wrapped) = provider.generate("user:1").await.unwrap();
@@ -58,7 +58,7 @@ async fn altered_wrapped_key_is_refused() {
     let result = provider.unwrap(&altered, "user:1").await;
 
     assert!(
-        matches!(result, Err(ProviderError::Refused(_))),
+        matches!(result, Err(ProviderError::Rejected(_))),
         "{result:?}"
     );
     kms.delete_keys().await;
@@ -112,7 +112,7 @@ async fn rewrap_moves_a_key_to_the_current_kms_key() {
 }
 
 #[tokio::test]
-async fn rewrap_for_another_subject_is_refused() {
+async fn rewrap_for_another_subject_is_rejected() {
     let kms = TestKms::connect().await;
     let provider = kms.provider(&kms.create_key().await);
     let (_, wrapped) = provider.generate("user:1").await.unwrap();
@@ -120,7 +120,7 @@ async fn rewrap_for_another_subject_is_refused() {
     let result = provider.rewrap(&wrapped, "user:2").await;
 
     assert!(
-        matches!(result, Err(ProviderError::Refused(_))),
+        matches!(result, Err(ProviderError::Rejected(_))),
         "{result:?}"
     );
     kms.delete_keys().await;
@@ -130,7 +130,7 @@ async fn rewrap_for_another_subject_is_refused() {
 // DescribeKey check runs here. AWS answers those with DisabledException, which the unit
 // tests of the error mapping cover.
 #[tokio::test]
-async fn disabled_current_key_is_refused() {
+async fn disabled_current_key_is_rejected() {
     let kms = TestKms::connect().await;
     let arn = kms.create_key().await;
     // moto 5.2 fails DisableKey for a key ARN, so name the key by its id.
@@ -144,7 +144,7 @@ async fn disabled_current_key_is_refused() {
 
     let result = kms.provider(&arn).current_master_key_id().await;
 
-    let Err(ProviderError::Refused(message)) = result else {
+    let Err(ProviderError::Rejected(message)) = result else {
         panic!("expected a refusal, got {result:?}");
     };
     assert!(message.contains("disabled"), "{message}");
@@ -152,14 +152,14 @@ async fn disabled_current_key_is_refused() {
 }
 
 #[tokio::test]
-async fn unknown_key_is_refused() {
+async fn unknown_key_is_rejected() {
     let kms = TestKms::connect().await;
     let provider = kms.provider(&Uuid::new_v4().to_string());
 
     let result = provider.current_master_key_id().await;
 
     assert!(
-        matches!(result, Err(ProviderError::Refused(_))),
+        matches!(result, Err(ProviderError::Rejected(_))),
         "{result:?}"
     );
 }

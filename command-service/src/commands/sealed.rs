@@ -76,7 +76,7 @@ impl SealedRepository {
         Ok(opened)
     }
 
-    /// Tells whether a failed write was refused because the user was erased meanwhile: the
+    /// Tells whether a failed write was rejected because the user was erased meanwhile: the
     /// insert trigger rejects events of a user without a key.
     async fn erased_during_write(&self, aggregate_id: &str) -> bool {
         self.cipher

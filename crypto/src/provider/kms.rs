@@ -169,7 +169,7 @@ impl KmsProvider {
             ))
         })?;
         if !metadata.enabled() {
-            return Err(ProviderError::Refused(format!(
+            return Err(ProviderError::Rejected(format!(
                 "KMS key {arn} (MERIDIAN_KMS_KEY_ID={}) is disabled; enable it or configure another key",
                 self.settings.key_id
             )));
@@ -178,7 +178,7 @@ impl KmsProvider {
     }
 
     /// Maps an SDK error to [`ProviderError`]: network failures, time-outs, throttling and 5xx
-    /// responses are `Unavailable`, every other KMS error is `Refused`. The message carries the
+    /// responses are `Unavailable`, every other KMS error is `Rejected`. The message carries the
     /// error code and KMS's message, never a request or response body, so no key bytes.
     fn classify<E>(
         &self,
@@ -201,7 +201,7 @@ impl KmsProvider {
                 if is_transient(status, code) {
                     ProviderError::Unavailable(text)
                 } else {
-                    ProviderError::Refused(text)
+                    ProviderError::Rejected(text)
                 }
             }
             SdkError::TimeoutError(_) => {
@@ -239,7 +239,7 @@ fn data_key(
             .into_inner(),
     );
     DataKey::from_slice(&bytes).map_err(|error| {
-        ProviderError::Refused(format!(
+        ProviderError::Rejected(format!(
             "{location} returned a bad data key for {about}: {error}"
         ))
     })

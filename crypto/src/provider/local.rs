@@ -129,7 +129,7 @@ impl LocalProvider {
         let path = path.into();
         if path.exists() {
             bail!(
-                "{} exists; refusing to replace a master key file",
+                "{} already exists; a master key file is never replaced, so pass --if-missing or choose another path",
                 path.display()
             );
         }
@@ -175,7 +175,7 @@ impl LocalProvider {
         let cipher = reread.cipher(id);
         *self.file.write().expect("key file lock poisoned") = reread;
         cipher.ok_or_else(|| {
-            ProviderError::Refused(format!("master key {id} is not in {}", self.path.display()))
+            ProviderError::Rejected(format!("master key {id} is not in {}", self.path.display()))
         })
     }
 
@@ -215,7 +215,7 @@ impl LocalProvider {
                     aad: &wrap_aad(&master_key_id, subject),
                 },
             )
-            .map_err(|_| ProviderError::Refused("wrapping a data key failed".to_owned()))?;
+            .map_err(|_| ProviderError::Rejected("wrapping a data key failed".to_owned()))?;
         let mut ciphertext = nonce.to_vec();
         ciphertext.extend_from_slice(&sealed);
         Ok(WrappedKey {
@@ -250,7 +250,7 @@ impl KeyProvider for LocalProvider {
     async fn unwrap(&self, wrapped: &WrappedKey, subject: &str) -> Result<DataKey, ProviderError> {
         let cipher = self.cipher(&wrapped.master_key_id)?;
         if wrapped.ciphertext.len() < NONCE_LEN {
-            return Err(ProviderError::Refused(format!(
+            return Err(ProviderError::Rejected(format!(
                 "wrapped key of {subject} is {} bytes",
                 wrapped.ciphertext.len()
             )));
@@ -267,13 +267,13 @@ impl KeyProvider for LocalProvider {
                     },
                 )
                 .map_err(|_| {
-                    ProviderError::Refused(format!(
+                    ProviderError::Rejected(format!(
                         "wrapped key of {subject} failed authentication under master key {}",
                         wrapped.master_key_id
                     ))
                 })?,
         );
-        DataKey::from_slice(&plaintext).map_err(|error| ProviderError::Refused(error.to_string()))
+        DataKey::from_slice(&plaintext).map_err(|error| ProviderError::Rejected(error.to_string()))
     }
 
     async fn rewrap(
@@ -355,12 +355,12 @@ mod tests {
         assert_eq!(unwrapped.as_bytes(), key.as_bytes());
         assert!(matches!(
             provider.unwrap(&wrapped, "user:2").await,
-            Err(ProviderError::Refused(_))
+            Err(ProviderError::Rejected(_))
         ));
     }
 
     #[tokio::test]
-    async fn altered_wrapped_key_is_refused() {
+    async fn altered_wrapped_key_is_rejected() {
         let (_dir, provider) = provider();
         let (_, wrapped) = provider.generate("user:1").await.unwrap();
         for index in 0..wrapped.ciphertext.len() {
@@ -430,12 +430,12 @@ mod tests {
     }
 
     #[test]
-    fn create_refuses_to_overwrite() {
+    fn create_rejects_overwrite() {
         let (dir, _provider) = provider();
         let error = LocalProvider::create(dir.path().join("master.json"))
             .err()
             .unwrap();
-        assert!(error.to_string().contains("refusing"), "{error}");
+        assert!(error.to_string().contains("never replaced"), "{error}");
     }
 
     #[test]

@@ -32,10 +32,10 @@ pub enum ProviderError {
     /// The provider could not be reached or failed; trying again later may succeed.
     #[error("key provider unavailable: {0}")]
     Unavailable(String),
-    /// The provider refused the request: unknown master key, wrong subject, or altered
+    /// The provider rejected the request: unknown master key, wrong subject, or altered
     /// ciphertext. Trying again will not help.
-    #[error("key provider refused the request: {0}")]
-    Refused(String),
+    #[error("key provider rejected the request: {0}")]
+    Rejected(String),
 }
 
 /// Generates, unwraps and rewraps data keys under a master key.
