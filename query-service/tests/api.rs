@@ -503,11 +503,20 @@ async fn stats_count_rows_and_projection_lag() {
                 json!({"LocationRecorded": {}}),
             ),
         ];
+        // The event store takes events only of a user with a data key, and a registration
+        // only with the blind index of its address; the query service reads neither.
+        sqlx::query(
+            "INSERT INTO user_keys (user_id, master_key_id, wrapped_key) VALUES ($1, 'test', '\\x00')",
+        )
+        .bind(&user_id)
+        .execute(&server.pool)
+        .await
+        .expect("insert a key row");
         for (sequence, (aggregate_type, event_type, payload)) in events.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
                                      event_version, payload, metadata)
-                 VALUES ($1, $2, $3, $4, '1', $5, '{}')",
+                 VALUES ($1, $2, $3, $4, '1', $5, '{\"email_index\": \"test\"}')",
             )
             .bind(aggregate_type)
             .bind(&user_id)
