@@ -2,8 +2,8 @@
 //! nothing.
 //!
 //! A key is scoped by method and path. The first request inserts a row into
-//! `idempotency_keys`, runs, and stores its status and body when the status is 2xx or 4xx (a
-//! 5xx deletes the row so that a retry runs again). While it runs it holds a
+//! `idempotency_keys`, runs, and stores its status and body when the status is 2xx. Any other
+//! status deletes the row, so a corrected or retried request runs again. While it runs it holds a
 //! transaction-scoped advisory lock on the key. A repeat that finds the row in progress tries
 //! that lock: when it is held, the first request is still running and the repeat gets 409.
 //! When it is free, the first request's process or connection ended before storing the result.

@@ -138,3 +138,39 @@ async fn erase_repeated_with_its_idempotency_key_replays_the_first_answer() {
     assert_eq!(first.body, second.body);
     app.finish().await;
 }
+
+#[tokio::test]
+async fn request_repeated_after_erase_is_gone_not_replayed() {
+    let app = TestApp::start().await;
+    let key = [("idempotency-key", "register-erase-4")];
+    let registered = app
+        .send(
+            Method::POST,
+            "/v1/users",
+            &json!({"email": "erase-4@ais.example", "name": "Ada", "password": "long enough password"}),
+            &key,
+        )
+        .await;
+    assert_eq!(registered.status, 201, "{}", registered.body);
+    let user_id = registered.body["user_id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/users/{user_id}");
+    let rename_key = [("idempotency-key", "rename-erase-4")];
+    let renamed = app
+        .send(Method::PATCH, &path, &json!({"name": "Ada L"}), &rename_key)
+        .await;
+    assert_eq!(renamed.status, 200, "{}", renamed.body);
+
+    let erased = app.delete(&path, &[("idempotency-key", "erase-4")]).await;
+    assert_eq!(erased.status, 200, "{}", erased.body);
+
+    let renamed_again = app
+        .send(Method::PATCH, &path, &json!({"name": "Ada L"}), &rename_key)
+        .await;
+    assert_eq!(renamed_again.status, 410, "{}", renamed_again.body);
+    let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM idempotency_keys ORDER BY key")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, vec![format!("DELETE {path} erase-4")]);
+    app.finish().await;
+}
