@@ -89,7 +89,7 @@ impl Stack {
                 .key(message.key())
                 .payload(value)
                 .headers(message.headers());
-            self.producer.send(record, Duration::from_secs(10))
+            self.producer.send(record, Duration::from_secs(60))
         });
         for result in futures::future::join_all(sends).await {
             result.map_err(|(error, _)| error).expect("produce failed");
@@ -101,7 +101,7 @@ impl Stack {
         let topic = self.topic();
         let record = FutureRecord::to(&topic).key(key).payload(value);
         self.producer
-            .send(record, Duration::from_secs(10))
+            .send(record, Duration::from_secs(60))
             .await
             .map_err(|(error, _)| error)
             .expect("produce failed");
@@ -211,7 +211,7 @@ async fn connect_stack(database: &TestDatabase) -> anyhow::Result<Stack> {
     meridian_projection_workers::ensure_events_topic(&settings).await?;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &settings.kafka_brokers)
-        .set("message.timeout.ms", "10000")
+        .set("message.timeout.ms", "60000")
         .create()?;
     let mongo = mongodb::Client::with_uri_str(&settings.mongodb_url).await?;
     let keys = TestKeys::create()?;
