@@ -185,7 +185,7 @@ impl Keyring {
         Ok(keys)
     }
 
-    /// The blind index of email addresses, its key created on first use.
+    /// Returns the blind index of email addresses, creating its key on first use.
     pub async fn blind_index(&self) -> Result<&BlindIndex, KeyError> {
         self.blind_index
             .get_or_try_init(|| async {
@@ -304,7 +304,7 @@ impl Keyring {
     }
 }
 
-/// The subject a user's key is bound to when wrapped.
+/// Returns the subject a user's key is bound to when wrapped.
 pub fn user_subject(user_id: &str) -> String {
     format!("user:{user_id}")
 }

@@ -27,7 +27,7 @@ const PERSONAL_FIELDS: &[(&str, &[&str])] = &[
     ("LocationRecorded", &["latitude", "longitude"]),
 ];
 
-/// The personal fields of `event_type`.
+/// Returns the personal fields of `event_type`.
 pub fn personal_fields(event_type: &str) -> &'static [&'static str] {
     PERSONAL_FIELDS
         .iter()

@@ -18,7 +18,7 @@ pub const DEFAULT_MASTER_KEY_FILE: &str = ".stack/keys/master-keys.json";
 /// Default region of the KMS provider.
 pub const DEFAULT_KMS_REGION: &str = "us-east-1";
 
-/// Which provider wraps data keys.
+/// The provider that wraps data keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProviderKind {
     /// Master keys in a file: [`LocalProvider`].
@@ -112,7 +112,7 @@ impl KeySettings {
         }
     }
 
-    /// The key ring and event cipher every service uses.
+    /// Builds the key ring and event cipher every service uses.
     pub async fn event_cipher(&self, pool: PgPool) -> anyhow::Result<EventCipher> {
         let provider = self.provider().await?;
         let keyring = Arc::new(Keyring::new(pool, provider, self.cache));

@@ -43,7 +43,7 @@ impl TestKeys {
         ]
     }
 
-    /// The event cipher over `pool` with these keys.
+    /// Builds the event cipher over `pool` with these keys.
     pub async fn event_cipher(&self, pool: PgPool) -> anyhow::Result<EventCipher> {
         self.settings.event_cipher(pool).await
     }

@@ -374,7 +374,9 @@ mod tests {
         for event in erased() {
             user.apply(event);
         }
-        assert!(user.email.is_empty() && user.name.is_empty() && user.password_hash.is_empty());
+        assert!(user.email.is_empty());
+        assert!(user.name.is_empty());
+        assert!(user.password_hash.is_empty());
     }
 
     #[test]

@@ -208,7 +208,7 @@ async fn personal_data_is_sealed_and_erase_destroys_it() -> anyhow::Result<()> {
     fresh.open_event(&other, &other_type, &mut opened).await?;
     assert!(opened["LocationRecorded"]["latitude"].is_number());
 
-    // Commands for the erased user answer 410; reads find nothing; the address is free again.
+    // Commands for the erased user return 410, reads find nothing, and the address is free again.
     let rename = http
         .patch(format!("{}/v1/users/{victim}", platform.command_url))
         .json(&json!({"name": "Someone"}))
@@ -278,7 +278,7 @@ async fn read_plaintexts(platform: &Platform) -> anyhow::Result<Plaintexts> {
     })
 }
 
-/// The text of every event-store table that could hold personal data.
+/// Collects the text of every event-store table that could contain personal data.
 async fn event_store_text(platform: &Platform) -> anyhow::Result<String> {
     let mut text = String::new();
     for query in [
@@ -326,7 +326,7 @@ fn assert_no_plaintext(place: &str, text: &str, plaintexts: &Plaintexts) {
     );
 }
 
-/// Every personal field of every message is sealed text.
+/// Checks that every personal field of every message is sealed text.
 fn assert_personal_fields_sealed(
     messages: &[rdkafka::message::OwnedMessage],
 ) -> anyhow::Result<()> {

@@ -304,7 +304,7 @@ fn user_error(error: CommandError<UserError>, user_id: &str) -> ApiError {
 }
 
 /// Fails with 409 on field `email` when the address belongs to another user. Addresses are
-/// looked up by their blind index; the table holds no address.
+/// looked up by their blind index, because the table contains no address.
 async fn ensure_email_available(
     state: &AppState,
     email: &Email,

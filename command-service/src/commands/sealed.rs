@@ -212,7 +212,7 @@ impl PersistedEventRepository for SealedRepository {
     }
 }
 
-/// The new address of an event that sets one.
+/// Returns the new address of an event that sets one.
 fn new_email(event: &SerializedEvent) -> Option<&str> {
     if !matches!(event.event_type.as_str(), "UserRegistered" | "EmailChanged") {
         return None;

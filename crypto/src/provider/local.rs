@@ -165,7 +165,7 @@ impl LocalProvider {
         file.keys.iter().map(|key| key.id.clone()).collect()
     }
 
-    /// The cipher of master key `id`, rereading the file once if it is not known yet.
+    /// Returns the cipher of master key `id`, rereading the file once if it is not known yet.
     fn cipher(&self, id: &str) -> Result<Aes256GcmSiv, ProviderError> {
         if let Some(cipher) = self.file.read().expect("key file lock poisoned").cipher(id) {
             return Ok(cipher);

@@ -44,7 +44,7 @@ pub trait KeyProvider: Send + Sync + 'static {
     /// `local` or `kms`, for logs and `meridian-keys status`.
     fn kind(&self) -> &'static str;
 
-    /// The master key that wraps new keys and that [`KeyProvider::rewrap`] moves keys to.
+    /// Returns the master key that wraps new keys and that [`KeyProvider::rewrap`] moves keys to.
     async fn current_master_key_id(&self) -> Result<String, ProviderError>;
 
     /// Generates a new data key for `subject`, in plaintext and wrapped.
