@@ -23,6 +23,17 @@ pub enum AggregateEvent {
     Location(LocationEvent),
 }
 
+impl AggregateEvent {
+    /// Name of the aggregate type, as stored in `events.aggregate_type`.
+    pub fn aggregate_type(&self) -> &'static str {
+        match self {
+            Self::User(_) => USER,
+            Self::Profile(_) => PROFILE,
+            Self::Location(_) => LOCATION_TRACK,
+        }
+    }
+}
+
 /// One event with the envelope fields of its message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProjectedEvent {

@@ -2,7 +2,7 @@
 //! analytics. Each projection is its own consumer group and task:
 //!
 //! - [`read_models`]: `rm_users`, `rm_profiles`, `rm_latest_locations` and
-//!   `rm_location_history`, with offsets stored in the same transaction.
+//!   `rm_location_history`, with offsets and live updates stored in the same transaction.
 //! - [`analytics`]: one MongoDB document per `LocationRecorded` event.
 //! - [`consumer`]: batching, retries, offset commits and partition assignment.
 //! - [`event`]: Kafka messages decoded into domain events.
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::analytics::AnalyticsProjection;
 use crate::consumer::ConsumerSettings;
+use crate::read_models::publisher::LiveSettings;
 use crate::read_models::ReadModelProjection;
 
 /// Connections of the PostgreSQL pool that both projections share.
@@ -54,12 +55,14 @@ pub async fn ensure_events_topic(settings: &Settings) -> anyhow::Result<()> {
 pub async fn run(
     settings: Settings,
     keys: KeySettings,
+    live_settings: LiveSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let pool =
         meridian_event_log::database::connect(&settings.database_url, DATABASE_CONNECTIONS).await?;
     let cipher = keys.event_cipher(pool.clone()).await?;
-    let read_models = ReadModelProjection::new(settings.clone(), pool.clone(), cipher.clone());
+    let read_models = ReadModelProjection::new(settings.clone(), pool.clone(), cipher.clone())
+        .with_live_settings(live_settings);
     let analytics = AnalyticsProjection::connect(settings, pool, cipher).await?;
 
     let stop = CancellationToken::new();

@@ -19,6 +19,7 @@ use meridian_event_log::{EventMessage, Settings, StoredEvent};
 use meridian_projection_workers::analytics::{self, AnalyticsProjection};
 use meridian_projection_workers::consumer::{Batch, CounterValues, Counters, Received};
 use meridian_projection_workers::event::ProjectedEvent;
+use meridian_projection_workers::read_models::publisher::LiveSettings;
 use meridian_projection_workers::read_models::{self, ReadModelProjection};
 use mongodb::bson::{doc, Document};
 use rdkafka::config::ClientConfig;
@@ -707,9 +708,9 @@ async fn applying_batch_twice_changes_nothing() {
         let first = read_models::apply_batch(&stack.pool, &batch).await.unwrap();
         let second = read_models::apply_batch(&stack.pool, &batch).await.unwrap();
 
-        assert_eq!(first.applied, 3);
-        assert_eq!(second.applied, 0);
-        assert_eq!(second.redelivered, 3);
+        assert_eq!(first.outcome.applied, 3);
+        assert_eq!(second.outcome.applied, 0);
+        assert_eq!(second.outcome.redelivered, 3);
         assert_eq!(stack.count("rm_location_history").await, 2);
         assert_eq!(stack.consumed(read_models::PROJECTION).await, 3);
     })
@@ -833,6 +834,7 @@ async fn run_starts_both_projections() {
         let workers = tokio::spawn(meridian_projection_workers::run(
             settings.clone(),
             stack.keys.settings.clone(),
+            LiveSettings::default(),
             async {
                 stopped.await.ok();
             },

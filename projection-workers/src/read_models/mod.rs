@@ -5,15 +5,22 @@
 //! `projection_offsets`, skips messages below the stored next offset, folds the rest,
 //! and stores the new next offsets. A restart therefore neither loses a message nor
 //! applies one twice, whatever offsets the consumer group committed to Kafka.
+//!
+//! The same transaction appends the batch's live updates to `rm_updates` and records each
+//! aggregate's last processed sequence in `rm_applied`, for reads that wait for a position.
+//! After the commit, [`publisher`] sends the updates to the query services through Redis.
 
 pub mod fold;
+pub mod publisher;
 mod store;
+pub mod updates;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Context;
 use meridian_crypto::EventCipher;
+use meridian_event_log::live::{self, LiveUpdate, NewUpdate};
 use meridian_event_log::Settings;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +30,7 @@ use crate::consumer::{self, Batch, BatchHandler, BatchOutcome, Counters};
 use crate::event::{AggregateEvent, ProjectedEvent};
 use crate::offsets;
 use fold::{Folded, ReadModelRows};
+use publisher::{LiveSettings, Publisher};
 
 /// Name of the projection in `projection_offsets` and in its consumer group.
 pub const PROJECTION: &str = "read-models";
@@ -32,6 +40,7 @@ pub struct ReadModelProjection {
     settings: Settings,
     pool: PgPool,
     cipher: EventCipher,
+    live_settings: LiveSettings,
     counters: Arc<Counters>,
 }
 
@@ -41,8 +50,15 @@ impl ReadModelProjection {
             settings,
             pool,
             cipher,
+            live_settings: LiveSettings::default(),
             counters: Arc::default(),
         }
+    }
+
+    /// Replaces the default retention of live updates.
+    pub fn with_live_settings(mut self, live_settings: LiveSettings) -> Self {
+        self.live_settings = live_settings;
+        self
     }
 
     /// Counters that [`ReadModelProjection::run`] updates after each batch.
@@ -58,7 +74,16 @@ impl ReadModelProjection {
         let start_offsets = offsets::load(&self.pool, PROJECTION, &consumer_settings.topic)
             .await
             .context("failed to load the stored offsets of read-models")?;
-        let handler = ReadModelHandler { pool: self.pool };
+        let publisher = Publisher::start(
+            &self.settings,
+            self.live_settings,
+            self.pool.clone(),
+            shutdown.clone(),
+        )?;
+        let handler = ReadModelHandler {
+            pool: self.pool,
+            publisher,
+        };
         consumer::run_projection(
             consumer_settings,
             self.cipher,
@@ -73,16 +98,27 @@ impl ReadModelProjection {
 
 struct ReadModelHandler {
     pool: PgPool,
+    publisher: Publisher,
 }
 
 impl BatchHandler for ReadModelHandler {
     async fn apply(&self, batch: &Batch) -> anyhow::Result<BatchOutcome> {
-        apply_batch(&self.pool, batch).await
+        let applied = apply_batch(&self.pool, batch).await?;
+        self.publisher.publish(applied.updates);
+        Ok(applied.outcome)
     }
 }
 
+/// What one committed batch did.
+#[derive(Debug, Default)]
+pub struct AppliedBatch {
+    pub outcome: BatchOutcome,
+    /// The live updates it appended, in `seq` order.
+    pub updates: Vec<LiveUpdate>,
+}
+
 /// Applies one batch in one transaction, together with the new next offsets.
-pub async fn apply_batch(pool: &PgPool, batch: &Batch) -> anyhow::Result<BatchOutcome> {
+pub async fn apply_batch(pool: &PgPool, batch: &Batch) -> anyhow::Result<AppliedBatch> {
     let partitions: Vec<i32> = batch.next_offsets().into_keys().collect();
     let mut transaction = pool.begin().await.context("failed to begin transaction")?;
     let stored = offsets::lock(&mut transaction, PROJECTION, &batch.topic, &partitions)
@@ -101,14 +137,19 @@ pub async fn apply_batch(pool: &PgPool, batch: &Batch) -> anyhow::Result<BatchOu
         ..BatchOutcome::default()
     };
     let mut erased = Vec::new();
+    let mut new_updates = Vec::new();
     for event in &unseen.events {
         if event.event_type == consumer::ERASED_EVENT {
             erased.push(event.user_id);
+            new_updates.extend(updates::update_for(event));
             outcome.applied += 1;
             continue;
         }
         match rows.fold(event) {
-            Folded::Applied => outcome.applied += 1,
+            Folded::Applied => {
+                outcome.applied += 1;
+                new_updates.extend(updates::update_for(event));
+            }
             Folded::AlreadyApplied => outcome.already_applied += 1,
             Folded::UnknownUser => tracing::error!(
                 projection = PROJECTION,
@@ -133,6 +174,12 @@ pub async fn apply_batch(pool: &PgPool, batch: &Batch) -> anyhow::Result<BatchOu
     delete_users(&mut transaction, &erased)
         .await
         .context("failed to delete the read-model rows of erased users")?;
+    live::forget_users(&mut transaction, &erased)
+        .await
+        .context("failed to blank the live updates of erased users")?;
+    store::record_applied(&mut transaction, &unseen.events)
+        .await
+        .context("failed to record the processed sequences")?;
 
     offsets::store(
         &mut transaction,
@@ -142,11 +189,30 @@ pub async fn apply_batch(pool: &PgPool, batch: &Batch) -> anyhow::Result<BatchOu
     )
     .await
     .context("failed to store projection offsets")?;
+    // Last, because it takes the lock that serializes every writer of live updates.
+    let new_updates = without_erased(new_updates, &erased);
+    let updates = live::append(&mut transaction, &new_updates)
+        .await
+        .context("failed to append live updates")?;
     transaction
         .commit()
         .await
         .context("failed to commit read-model transaction")?;
-    Ok(outcome)
+    Ok(AppliedBatch { outcome, updates })
+}
+
+/// Drops the updates of users that the same batch erases, except the erasure itself, so
+/// their personal data is neither stored in `rm_updates` nor published.
+fn without_erased(updates: Vec<NewUpdate>, erased: &[Uuid]) -> Vec<NewUpdate> {
+    if erased.is_empty() {
+        return updates;
+    }
+    updates
+        .into_iter()
+        .filter(|update| {
+            !erased.contains(&update.user_id) || update.body.event_type == consumer::ERASED_EVENT
+        })
+        .collect()
 }
 
 /// Deletes every read-model row of the erased `users`. Runs after the batch's rows are

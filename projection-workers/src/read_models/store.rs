@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::event::ProjectedEvent;
+
 use super::fold::{HistoryRow, LatestLocationRow, ProfileRow, ReadModelRows, UserRow};
 
 /// Loads the current rows of the given users into `rows`.
@@ -204,4 +206,40 @@ async fn insert_history(
     .execute(connection)
     .await?;
     Ok(result.rows_affected())
+}
+
+/// Records the highest sequence of each aggregate among `events` in `rm_applied`, whether or
+/// not the event changed a row.
+pub async fn record_applied(
+    connection: &mut PgConnection,
+    events: &[&ProjectedEvent],
+) -> Result<(), sqlx::Error> {
+    let mut highest: HashMap<(&'static str, Uuid), i64> = HashMap::new();
+    for event in events {
+        let sequence = highest
+            .entry((event.event.aggregate_type(), event.user_id))
+            .or_default();
+        *sequence = (*sequence).max(event.sequence);
+    }
+    if highest.is_empty() {
+        return Ok(());
+    }
+    let (keys, sequences): (Vec<_>, Vec<i64>) = highest.into_iter().unzip();
+    sqlx::query(
+        "INSERT INTO rm_applied (aggregate_type, aggregate_id, last_sequence)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+         SET last_sequence = EXCLUDED.last_sequence
+         WHERE rm_applied.last_sequence < EXCLUDED.last_sequence",
+    )
+    .bind(keys.iter().map(|(kind, _)| *kind).collect::<Vec<_>>())
+    .bind(
+        keys.iter()
+            .map(|(_, id)| id.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(sequences)
+    .execute(connection)
+    .await?;
+    Ok(())
 }
