@@ -7,10 +7,12 @@
 //! - [`extract`]: path and query extractors that reject with that body.
 //! - [`cursor`]: the keyset cursor of the location history.
 //! - [`openapi`]: the OpenAPI document.
+//! - [`live`]: live updates over Socket.IO, served on an address of their own.
 
 pub mod cursor;
 pub mod error;
 pub mod extract;
+pub mod live;
 pub mod openapi;
 pub mod routes;
 
@@ -36,6 +38,11 @@ use crate::routes::{health, locations, stats, users};
 
 /// Default listen address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8081";
+/// Default listen address of Socket.IO.
+pub const DEFAULT_SOCKET_ADDR: &str = "127.0.0.1:8091";
+/// Default of `MERIDIAN_LIVE_POLL_MS`: how often the hub reads PostgreSQL for updates that
+/// Redis did not bring.
+pub const DEFAULT_LIVE_POLL: Duration = Duration::from_secs(1);
 /// Connections of the PostgreSQL pool.
 pub const DATABASE_CONNECTIONS: u32 = 16;
 /// Time after which a request fails with 503.
@@ -46,21 +53,41 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Config {
     /// `MERIDIAN_QUERY_ADDR`, default [`DEFAULT_ADDR`].
     pub addr: SocketAddr,
+    /// `MERIDIAN_SOCKET_ADDR`, default [`DEFAULT_SOCKET_ADDR`].
+    pub socket_addr: SocketAddr,
+    /// `MERIDIAN_LIVE_POLL_MS`, default [`DEFAULT_LIVE_POLL`].
+    pub live_poll: Duration,
     pub settings: Settings,
 }
 
 impl Config {
-    /// Reads `MERIDIAN_QUERY_ADDR` and the shared `MERIDIAN_*` settings.
+    /// Reads `MERIDIAN_QUERY_ADDR`, `MERIDIAN_SOCKET_ADDR`, `MERIDIAN_LIVE_POLL_MS` and the
+    /// shared `MERIDIAN_*` settings.
     pub fn from_env() -> anyhow::Result<Self> {
-        let raw = var_or("MERIDIAN_QUERY_ADDR", DEFAULT_ADDR);
-        let addr = raw
-            .parse()
-            .with_context(|| format!("MERIDIAN_QUERY_ADDR must be host:port, got {raw:?}"))?;
+        let live_poll = match std::env::var("MERIDIAN_LIVE_POLL_MS") {
+            Ok(raw) => raw
+                .parse()
+                .ok()
+                .filter(|millis| *millis > 0)
+                .map(Duration::from_millis)
+                .with_context(|| {
+                    format!("MERIDIAN_LIVE_POLL_MS must be a positive integer, got {raw:?}")
+                })?,
+            Err(_) => DEFAULT_LIVE_POLL,
+        };
         Ok(Self {
-            addr,
+            addr: address("MERIDIAN_QUERY_ADDR", DEFAULT_ADDR)?,
+            socket_addr: address("MERIDIAN_SOCKET_ADDR", DEFAULT_SOCKET_ADDR)?,
+            live_poll,
             settings: Settings::from_env()?,
         })
     }
+}
+
+fn address(name: &str, default: &str) -> anyhow::Result<SocketAddr> {
+    let raw = var_or(name, default);
+    raw.parse()
+        .with_context(|| format!("{name} must be host:port, got {raw:?}"))
 }
 
 /// State shared by every handler.

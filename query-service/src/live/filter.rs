@@ -1,0 +1,300 @@
+//! Subscription requests as clients send them, checked field by field, and the filter each
+//! one selects updates by.
+
+use meridian_event_log::live::{LiveUpdate, UpdateKind};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Which updates a subscription receives.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Filter {
+    /// Every location update of one user.
+    UserLocations(Uuid),
+    /// Every location update inside a bounding box, edges included.
+    Area(BoundingBox),
+    /// Every profile update of one user.
+    UserProfile(Uuid),
+}
+
+/// A longitude and latitude range in degrees that does not cross the antimeridian.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BoundingBox {
+    pub min_longitude: f64,
+    pub min_latitude: f64,
+    pub max_longitude: f64,
+    pub max_latitude: f64,
+}
+
+impl Filter {
+    /// Whether `update` belongs to this subscription. Blanked updates of erased users
+    /// belong to none.
+    pub fn matches(&self, update: &LiveUpdate) -> bool {
+        if update.body.is_none() {
+            return false;
+        }
+        match self {
+            Self::UserLocations(user) => {
+                update.kind == UpdateKind::Location && update.user_id == *user
+            }
+            Self::UserProfile(user) => {
+                update.kind == UpdateKind::Profile && update.user_id == *user
+            }
+            Self::Area(area) => {
+                update.kind == UpdateKind::Location
+                    && matches!(
+                        (update.latitude, update.longitude),
+                        (Some(latitude), Some(longitude)) if area.contains(latitude, longitude)
+                    )
+            }
+        }
+    }
+
+    /// The user whose updates alone this filter selects, if any: its backlog can be read
+    /// through the `(user_id, seq)` index.
+    pub fn user(&self) -> Option<(Uuid, UpdateKind)> {
+        match self {
+            Self::UserLocations(user) => Some((*user, UpdateKind::Location)),
+            Self::UserProfile(user) => Some((*user, UpdateKind::Profile)),
+            Self::Area(_) => None,
+        }
+    }
+}
+
+impl BoundingBox {
+    fn contains(&self, latitude: f64, longitude: f64) -> bool {
+        (self.min_latitude..=self.max_latitude).contains(&latitude)
+            && (self.min_longitude..=self.max_longitude).contains(&longitude)
+    }
+}
+
+/// A checked `subscribe` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscribeRequest {
+    pub filter: Filter,
+    /// The last position the client saw, if it resumes.
+    pub after: Option<i64>,
+}
+
+/// Why a `subscribe` request was refused: the field and the reason.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RequestError {
+    pub code: &'static str,
+    pub field: String,
+    pub message: String,
+}
+
+impl RequestError {
+    fn new(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: "invalid_subscription",
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl SubscribeRequest {
+    /// Checks a `subscribe` payload.
+    pub fn parse(payload: &Value) -> Result<Self, RequestError> {
+        let Some(fields) = payload.as_object() else {
+            return Err(RequestError::new("", "must be an object"));
+        };
+        let topic = fields
+            .get("topic")
+            .ok_or_else(|| RequestError::new("topic", "is required"))?
+            .as_str()
+            .ok_or_else(|| RequestError::new("topic", "must be a string"))?;
+        let filter = match topic {
+            "user_locations" => Filter::UserLocations(user_id(payload)?),
+            "user_profile" => Filter::UserProfile(user_id(payload)?),
+            "area" => Filter::Area(bounding_box(payload)?),
+            other => {
+                return Err(RequestError::new(
+                    "topic",
+                    format!("must be user_locations, area or user_profile, got {other:?}"),
+                ))
+            }
+        };
+        let after = match fields.get("after") {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(value.as_i64().filter(|after| *after >= 0).ok_or_else(|| {
+                RequestError::new("after", "must be a position: an integer of 0 or more")
+            })?),
+        };
+        Ok(Self { filter, after })
+    }
+}
+
+fn user_id(payload: &Value) -> Result<Uuid, RequestError> {
+    let raw = payload
+        .get("user_id")
+        .ok_or_else(|| RequestError::new("user_id", "is required for this topic"))?
+        .as_str()
+        .ok_or_else(|| RequestError::new("user_id", "must be a string"))?;
+    Uuid::parse_str(raw).map_err(|_| RequestError::new("user_id", format!("{raw:?} is not a UUID")))
+}
+
+fn bounding_box(payload: &Value) -> Result<BoundingBox, RequestError> {
+    const SHAPE: &str = "must be [min_longitude, min_latitude, max_longitude, max_latitude]";
+    let values = payload
+        .get("bbox")
+        .ok_or_else(|| RequestError::new("bbox", "is required for the area topic"))?
+        .as_array()
+        .filter(|values| values.len() == 4)
+        .ok_or_else(|| RequestError::new("bbox", SHAPE))?;
+    let mut numbers = [0.0; 4];
+    for (number, value) in numbers.iter_mut().zip(values) {
+        *number = value
+            .as_f64()
+            .ok_or_else(|| RequestError::new("bbox", format!("{SHAPE}, all numbers")))?;
+    }
+    let [min_longitude, min_latitude, max_longitude, max_latitude] = numbers;
+    for longitude in [min_longitude, max_longitude] {
+        if !(-180.0..=180.0).contains(&longitude) {
+            return Err(RequestError::new(
+                "bbox",
+                format!("longitude {longitude} is outside -180..180"),
+            ));
+        }
+    }
+    for latitude in [min_latitude, max_latitude] {
+        if !(-90.0..=90.0).contains(&latitude) {
+            return Err(RequestError::new(
+                "bbox",
+                format!("latitude {latitude} is outside -90..90"),
+            ));
+        }
+    }
+    if min_longitude > max_longitude || min_latitude > max_latitude {
+        return Err(RequestError::new(
+            "bbox",
+            "each minimum must not exceed its maximum; a box across the antimeridian needs two subscriptions",
+        ));
+    }
+    Ok(BoundingBox {
+        min_longitude,
+        min_latitude,
+        max_longitude,
+        max_latitude,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use meridian_event_log::live::UpdateBody;
+    use serde_json::json;
+
+    use super::*;
+
+    fn location(user_id: Uuid, latitude: f64, longitude: f64) -> LiveUpdate {
+        LiveUpdate {
+            seq: 1,
+            position: 10,
+            user_id,
+            kind: UpdateKind::Location,
+            latitude: Some(latitude),
+            longitude: Some(longitude),
+            body: Some(UpdateBody {
+                sequence: 1,
+                event_type: "LocationRecorded".into(),
+                data: json!({}),
+            }),
+            committed_at: Utc::now(),
+        }
+    }
+
+    fn rejected_field(payload: Value) -> String {
+        SubscribeRequest::parse(&payload)
+            .expect_err("the request is invalid")
+            .field
+    }
+
+    #[test]
+    fn area_matches_locations_inside_the_box_only() {
+        let request = SubscribeRequest::parse(&json!({
+            "topic": "area", "bbox": [-74.1, 40.6, -73.9, 40.8]
+        }))
+        .unwrap();
+        let user = Uuid::new_v4();
+
+        assert!(request.filter.matches(&location(user, 40.7, -74.0)));
+        assert!(request.filter.matches(&location(user, 40.6, -74.1)));
+        assert!(!request.filter.matches(&location(user, 40.9, -74.0)));
+        assert!(!request.filter.matches(&location(user, 40.7, -73.0)));
+    }
+
+    #[test]
+    fn user_filter_skips_other_users_kinds_and_erased_rows() {
+        let user = Uuid::new_v4();
+        let filter = SubscribeRequest::parse(&json!({
+            "topic": "user_locations", "user_id": user.to_string(), "after": 5
+        }))
+        .unwrap()
+        .filter;
+        let mut erased = location(user, 1.0, 1.0);
+        erased.body = None;
+        let mut profile = location(user, 1.0, 1.0);
+        profile.kind = UpdateKind::Profile;
+
+        assert!(filter.matches(&location(user, 1.0, 1.0)));
+        assert!(!filter.matches(&location(Uuid::new_v4(), 1.0, 1.0)));
+        assert!(!filter.matches(&erased));
+        assert!(!filter.matches(&profile));
+    }
+
+    #[test]
+    fn after_is_optional_and_must_be_a_position() {
+        let user = Uuid::new_v4().to_string();
+        let parse = |after: Value| {
+            SubscribeRequest::parse(
+                &json!({"topic": "user_profile", "user_id": user, "after": after}),
+            )
+        };
+
+        assert_eq!(parse(json!(null)).unwrap().after, None);
+        assert_eq!(parse(json!(0)).unwrap().after, Some(0));
+        assert_eq!(parse(json!(42)).unwrap().after, Some(42));
+        assert_eq!(parse(json!(-1)).unwrap_err().field, "after");
+        assert_eq!(parse(json!("42")).unwrap_err().field, "after");
+        assert_eq!(parse(json!(1.5)).unwrap_err().field, "after");
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        assert_eq!(rejected_field(json!("area")), "");
+        assert_eq!(rejected_field(json!({})), "topic");
+        assert_eq!(rejected_field(json!({"topic": 3})), "topic");
+        assert_eq!(rejected_field(json!({"topic": "weather"})), "topic");
+        assert_eq!(
+            rejected_field(json!({"topic": "user_locations"})),
+            "user_id"
+        );
+        assert_eq!(
+            rejected_field(json!({"topic": "user_profile", "user_id": "ship-7"})),
+            "user_id"
+        );
+        assert_eq!(rejected_field(json!({"topic": "area"})), "bbox");
+        assert_eq!(
+            rejected_field(json!({"topic": "area", "bbox": [1, 2, 3]})),
+            "bbox"
+        );
+        assert_eq!(
+            rejected_field(json!({"topic": "area", "bbox": [1, "2", 3, 4]})),
+            "bbox"
+        );
+        assert_eq!(
+            rejected_field(json!({"topic": "area", "bbox": [-190, 0, 0, 10]})),
+            "bbox"
+        );
+        assert_eq!(
+            rejected_field(json!({"topic": "area", "bbox": [0, -91, 10, 10]})),
+            "bbox"
+        );
+        assert_eq!(
+            rejected_field(json!({"topic": "area", "bbox": [170, 0, -170, 10]})),
+            "bbox"
+        );
+    }
+}
