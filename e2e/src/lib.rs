@@ -20,21 +20,25 @@ use meridian_event_log::Settings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-/// The four long-running processes of Meridian.
+/// The long-running processes of Meridian, with the query service twice, as the replicas
+/// that live updates fan out across.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Process {
     CommandService,
     OutboxRelay,
     ProjectionWorkers,
     QueryService,
+    /// A second query-service process on addresses of its own.
+    QueryReplica,
 }
 
 impl Process {
-    pub const ALL: [Process; 4] = [
+    pub const ALL: [Process; 5] = [
         Process::CommandService,
         Process::OutboxRelay,
         Process::ProjectionWorkers,
         Process::QueryService,
+        Process::QueryReplica,
     ];
 
     pub fn binary(self) -> &'static str {
@@ -42,19 +46,35 @@ impl Process {
             Process::CommandService => "command-service",
             Process::OutboxRelay => "outbox-relay",
             Process::ProjectionWorkers => "projection-workers",
-            Process::QueryService => "query-service",
+            Process::QueryService | Process::QueryReplica => "query-service",
+        }
+    }
+
+    /// Name of the process's log file, unique per process.
+    pub fn name(self) -> &'static str {
+        match self {
+            Process::QueryReplica => "query-service-2",
+            other => other.binary(),
         }
     }
 }
 
-/// A running Meridian: four child processes sharing one test database and topic prefix.
+/// A running Meridian: its processes sharing one test database and topic prefix.
 pub struct Platform {
     pub settings: Settings,
     pub command_url: String,
+    /// HTTP address of the first query service.
     pub query_url: String,
+    /// HTTP addresses of both query services.
+    pub query_urls: [String; 2],
+    /// Socket.IO addresses of both query services, as `http://127.0.0.1:<port>`.
+    pub socket_urls: [String; 2],
     database: Option<TestDatabase>,
     command_addr: String,
-    query_addr: String,
+    query_addrs: [String; 2],
+    socket_addrs: [String; 2],
+    /// Variables set on every process after the defaults, so they override them.
+    extra_env: Vec<(String, String)>,
     children: HashMap<Process, Child>,
     log_dir: PathBuf,
     http: reqwest::Client,
@@ -63,21 +83,44 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// Starts every process and waits until both HTTP services return 200 from `/healthz`.
+    /// Starts every process and waits until every HTTP service returns 200 from `/healthz`.
     pub async fn start(test_name: &str) -> anyhow::Result<Self> {
+        Self::start_with_env(test_name, &[]).await
+    }
+
+    /// Like [`Platform::start`], with `extra_env` set on every process, such as
+    /// `MERIDIAN_REDIS_URL` of a Redis server the test controls.
+    pub async fn start_with_env(
+        test_name: &str,
+        extra_env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let database = TestDatabase::create().await?;
-        let settings = settings_for(&database)?;
+        let mut settings = settings_for(&database)?;
+        if let Some((_, url)) = extra_env
+            .iter()
+            .find(|(name, _)| *name == "MERIDIAN_REDIS_URL")
+        {
+            settings.redis_url = (*url).to_owned();
+        }
         let command_addr = free_local_addr()?;
-        let query_addr = free_local_addr()?;
+        let query_addrs = [free_local_addr()?, free_local_addr()?];
+        let socket_addrs = [free_local_addr()?, free_local_addr()?];
         let log_dir = target_dir()?.join("e2e-logs").join(test_name);
         std::fs::create_dir_all(&log_dir)?;
         let mut platform = Self {
             command_url: format!("http://{command_addr}"),
-            query_url: format!("http://{query_addr}"),
+            query_url: format!("http://{}", query_addrs[0]),
+            query_urls: query_addrs.clone().map(|addr| format!("http://{addr}")),
+            socket_urls: socket_addrs.clone().map(|addr| format!("http://{addr}")),
             settings,
             database: Some(database),
             command_addr,
-            query_addr,
+            query_addrs,
+            socket_addrs,
+            extra_env: extra_env
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect(),
             children: HashMap::new(),
             log_dir,
             http: reqwest::Client::new(),
@@ -103,7 +146,8 @@ impl Platform {
                 binary.display()
             );
         }
-        let log_path = self.log_dir.join(format!("{}.log", process.binary()));
+        let log_path = self.log_dir.join(format!("{}.log", process.name()));
+        let replica = usize::from(process == Process::QueryReplica);
         let log = File::options().create(true).append(true).open(&log_path)?;
         let child = Command::new(&binary)
             .env("MERIDIAN_DATABASE_URL", &self.settings.database_url)
@@ -114,8 +158,10 @@ impl Platform {
             .env("MERIDIAN_REDIS_URL", &self.settings.redis_url)
             .envs(self.keys.env())
             .env("MERIDIAN_COMMAND_ADDR", &self.command_addr)
-            .env("MERIDIAN_QUERY_ADDR", &self.query_addr)
+            .env("MERIDIAN_QUERY_ADDR", &self.query_addrs[replica])
+            .env("MERIDIAN_SOCKET_ADDR", &self.socket_addrs[replica])
             .env("RUST_LOG", "info")
+            .envs(self.extra_env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -123,6 +169,16 @@ impl Platform {
             .with_context(|| format!("failed to start {}", binary.display()))?;
         self.children.insert(process, child);
         Ok(())
+    }
+
+    /// Directory of the processes' log files.
+    pub fn log_dir(&self) -> &Path {
+        &self.log_dir
+    }
+
+    /// Stops a process with SIGTERM, as an operator would, waiting up to 10 s.
+    pub fn stop(&mut self, process: Process) {
+        self.terminate(process);
     }
 
     /// Sends SIGKILL to a process and waits for it to exit.
@@ -141,10 +197,17 @@ impl Platform {
         self.wait_healthy().await
     }
 
-    /// Waits until both HTTP services return 200 from `/healthz` and no child has exited.
+    /// Waits until every HTTP service returns 200 from `/healthz` and no child has exited.
     pub async fn wait_healthy(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        for url in [self.command_url.clone(), self.query_url.clone()] {
+        let mut urls = vec![self.command_url.clone()];
+        for process in [Process::QueryService, Process::QueryReplica] {
+            if self.children.contains_key(&process) {
+                let replica = usize::from(process == Process::QueryReplica);
+                urls.push(self.query_urls[replica].clone());
+            }
+        }
+        for url in urls {
             loop {
                 self.check_alive()?;
                 let healthy = self
@@ -173,9 +236,9 @@ impl Platform {
             if let Some(status) = child.try_wait()? {
                 bail!(
                     "{} exited with {status}; see {}",
-                    process.binary(),
+                    process.name(),
                     self.log_dir
-                        .join(format!("{}.log", process.binary()))
+                        .join(format!("{}.log", process.name()))
                         .display()
                 );
             }
