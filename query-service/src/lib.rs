@@ -7,11 +7,14 @@
 //! - [`extract`]: path and query extractors that reject with that body.
 //! - [`cursor`]: the keyset cursor of the location history.
 //! - [`openapi`]: the OpenAPI document.
+//! - [`read_your_writes`]: the middleware that delays a `/v1` request until the read models
+//!   have reached the position a command returned.
 
 pub mod cursor;
 pub mod error;
 pub mod extract;
 pub mod openapi;
+pub mod read_your_writes;
 pub mod routes;
 
 use std::future::Future;
@@ -46,11 +49,15 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Config {
     /// `MERIDIAN_QUERY_ADDR`, default [`DEFAULT_ADDR`].
     pub addr: SocketAddr,
+    /// `MERIDIAN_READ_WAIT_MAX_MS`, default 2000: how long a request with a minimum
+    /// position waits for the read models, at most 9000 ms.
+    pub read_wait: Duration,
     pub settings: Settings,
 }
 
 impl Config {
-    /// Reads `MERIDIAN_QUERY_ADDR` and the shared `MERIDIAN_*` settings.
+    /// Reads `MERIDIAN_QUERY_ADDR`, `MERIDIAN_READ_WAIT_MAX_MS` and the shared
+    /// `MERIDIAN_*` settings.
     pub fn from_env() -> anyhow::Result<Self> {
         let raw = var_or("MERIDIAN_QUERY_ADDR", DEFAULT_ADDR);
         let addr = raw
@@ -58,6 +65,7 @@ impl Config {
             .with_context(|| format!("MERIDIAN_QUERY_ADDR must be host:port, got {raw:?}"))?;
         Ok(Self {
             addr,
+            read_wait: read_your_writes::read_wait_from_env()?,
             settings: Settings::from_env()?,
         })
     }
@@ -69,17 +77,21 @@ pub struct AppState {
     pub pool: PgPool,
     /// Topic whose offsets `/v1/stats` compares to compute projection lag.
     pub events_topic: String,
+    /// Maximum time a request waits for its minimum position.
+    pub read_wait: Duration,
 }
 
 impl AppState {
     /// Connects to PostgreSQL, applying migrations so that the read-model tables exist.
-    pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
+    pub async fn connect(config: &Config) -> anyhow::Result<Self> {
+        let settings = &config.settings;
         let pool =
             meridian_event_log::database::connect(&settings.database_url, DATABASE_CONNECTIONS)
                 .await?;
         Ok(Self {
             pool,
             events_topic: settings.events_topic(),
+            read_wait: config.read_wait,
         })
     }
 }
@@ -99,6 +111,15 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/openapi.json", get(openapi::openapi_json))
+        .merge(v1_routes(state.clone()))
+        .with_state(state)
+        .layer(middleware)
+}
+
+/// Builds the `/v1` routes. Each of them first waits for the minimum position of the
+/// request, so every route added here supports read-your-writes.
+fn v1_routes(state: AppState) -> Router<AppState> {
+    Router::new()
         .route("/v1/users", get(users::find_users_by_email))
         .route("/v1/users/{id}", get(users::get_user))
         .route("/v1/users/{id}/profile", get(users::get_profile))
@@ -112,8 +133,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/users/{id}/locations", get(locations::list_locations))
         .route("/v1/stats", get(stats::get_stats))
-        .with_state(state)
-        .layer(middleware)
+        .route_layer(middleware::from_fn_with_state(
+            state,
+            read_your_writes::wait_for_min_position,
+        ))
 }
 
 fn request_span(request: &Request) -> tracing::Span {

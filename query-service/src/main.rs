@@ -7,7 +7,7 @@ use meridian_query_service::{serve, shutdown_signal, AppState, Config};
 async fn main() -> anyhow::Result<()> {
     meridian_event_log::telemetry::init();
     let config = Config::from_env()?;
-    let state = AppState::connect(&config.settings).await?;
+    let state = AppState::connect(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("failed to listen on {}", config.addr))?;

@@ -2,7 +2,8 @@
 
 use utoipa::OpenApi;
 
-use crate::error::ErrorBody;
+use crate::error::{ErrorBody, ReadProgress};
+use crate::read_your_writes::openapi::MinPositionDocs;
 use crate::routes::{health, locations, stats, users};
 
 #[derive(OpenApi)]
@@ -10,7 +11,8 @@ use crate::routes::{health, locations, stats, users};
     info(
         title = "Meridian query API",
         description = "Read models of Meridian: users, profiles, locations and projection lag. \
-                       Every error has the body ErrorBody and every response an x-request-id header."
+                       Every error has the body ErrorBody and every response an x-request-id header. \
+                       Every /v1 route accepts X-Min-Position or min_position to read its own writes."
     ),
     paths(
         health::healthz,
@@ -23,7 +25,8 @@ use crate::routes::{health, locations, stats, users};
         stats::get_stats,
         openapi_json,
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, ReadProgress)),
+    modifiers(&MinPositionDocs),
     tags(
         (name = "users", description = "Users and profiles"),
         (name = "locations", description = "Latest location and location history"),
