@@ -35,7 +35,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::routes::{health, locations, stats, users};
+use crate::routes::{health, location_snapshot, locations, stats, users};
 
 /// Default listen address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8081";
@@ -132,6 +132,10 @@ fn v1_routes(state: AppState) -> Router<AppState> {
             get(locations::get_latest_location),
         )
         .route("/v1/users/{id}/locations", get(locations::list_locations))
+        .route(
+            "/v1/locations/latest",
+            get(location_snapshot::get_latest_locations),
+        )
         .route("/v1/stats", get(stats::get_stats))
         .route_layer(middleware::from_fn_with_state(
             state,

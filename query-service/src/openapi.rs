@@ -4,7 +4,7 @@ use utoipa::OpenApi;
 
 use crate::error::{ErrorBody, ReadProgress};
 use crate::read_your_writes::openapi::MinPositionDocs;
-use crate::routes::{health, locations, stats, users};
+use crate::routes::{health, location_snapshot, locations, stats, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,6 +22,7 @@ use crate::routes::{health, locations, stats, users};
         users::get_profile_image,
         locations::get_latest_location,
         locations::list_locations,
+        location_snapshot::get_latest_locations,
         stats::get_stats,
         openapi_json,
     ),

@@ -619,6 +619,7 @@ async fn openapi_lists_every_route() {
             "/v1/users/{id}/profile/image",
             "/v1/users/{id}/location",
             "/v1/users/{id}/locations",
+            "/v1/locations/latest",
             "/v1/stats",
         ] {
             assert!(body["paths"][path]["get"].is_object(), "{path} is missing");
@@ -1149,7 +1150,7 @@ async fn min_position_of_unprocessed_aggregate_times_out() {
 
         let (status, headers, body) = server
             .get_min_position(
-                "/v1/stats",
+                "/v1/locations/latest",
                 &[("min_position", &position.to_string())],
                 None,
             )
@@ -1293,6 +1294,203 @@ async fn openapi_describes_min_position() {
         assert!(names.contains(&"min_position"), "{names:?}");
         assert!(operation["responses"]["503"].is_object());
         assert!(document["paths"]["/healthz"]["get"]["parameters"].is_null());
+    })
+    .await;
+}
+
+// The latest-locations snapshot.
+
+async fn insert_latest_location(pool: &PgPool, user_id: Uuid, longitude: f64, latitude: f64) {
+    sqlx::query(
+        "INSERT INTO rm_latest_locations (user_id, latitude, longitude, recorded_at,
+                                          sequence, position, event_id)
+         VALUES ($1, $2, $3, $4, 4, 40, $5)",
+    )
+    .bind(user_id)
+    .bind(latitude)
+    .bind(longitude)
+    .bind(time(10))
+    .bind(Uuid::new_v4())
+    .execute(pool)
+    .await
+    .expect("insert rm_latest_locations");
+}
+
+/// Appends live-update rows with these positions and moves the head to the last one.
+async fn append_updates(pool: &PgPool, positions: &[i64]) {
+    for position in positions {
+        sqlx::query(
+            "WITH head AS (UPDATE rm_update_head SET seq = seq + 1 RETURNING seq)
+             INSERT INTO rm_updates (seq, position, user_id, kind, payload)
+             SELECT seq, $1, $2, 'location', '{}' FROM head",
+        )
+        .bind(position)
+        .bind(Uuid::new_v4())
+        .execute(pool)
+        .await
+        .expect("append rm_updates");
+    }
+}
+
+/// Three users sorted by id, so the expected order is the order of the array.
+fn sorted_users() -> [Uuid; 3] {
+    let mut users = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
+    users.sort();
+    users
+}
+
+fn user_ids(body: &Value) -> Vec<String> {
+    body["locations"]
+        .as_array()
+        .expect("locations")
+        .iter()
+        .map(|location| location["user_id"].as_str().expect("user_id").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn empty_feed_gives_position_zero() {
+    with_server(|server| async move {
+        let (status, _, body) = server.get("/v1/locations/latest").await;
+
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            json!({"position": 0, "locations": [], "truncated": false})
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn latest_locations_include_feed_position() {
+    with_server(|server| async move {
+        let [first, second, third] = sorted_users();
+        insert_user(&server.pool, second, "vessel-2@ais.example", true).await;
+        insert_user(&server.pool, first, "vessel-1@ais.example", false).await;
+        for user_id in [third, first, second] {
+            insert_latest_location(&server.pool, user_id, -74.0, 40.5).await;
+        }
+        append_updates(&server.pool, &[31, 38, 35]).await;
+
+        let (status, _, body) = server.get("/v1/locations/latest").await;
+
+        assert_eq!(status, StatusCode::OK, "body: {body}");
+        assert_eq!(body["position"], 35);
+        assert_eq!(body["truncated"], false);
+        assert_eq!(
+            user_ids(&body),
+            [first, second, third].map(|id| id.to_string())
+        );
+        assert_eq!(
+            body["locations"][0],
+            json!({
+                "user_id": first,
+                "name": "SAMUEL I NEWHOUSE",
+                "latitude": 40.5,
+                "longitude": -74.0,
+                "recorded_at": "2020-06-30T00:00:10Z",
+                "sequence": 4,
+                "position": 40,
+            })
+        );
+        assert_eq!(body["locations"][2]["name"], Value::Null);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn latest_locations_filter_by_bbox_with_edges() {
+    with_server(|server| async move {
+        let [inside, on_edge, outside] = sorted_users();
+        insert_latest_location(&server.pool, inside, -74.0, 40.7).await;
+        insert_latest_location(&server.pool, on_edge, -73.9, 40.6).await;
+        insert_latest_location(&server.pool, outside, -73.8, 40.7).await;
+
+        let (status, _, body) = server
+            .get_query("/v1/locations/latest", &[("bbox", "-74.1,40.6,-73.9,40.8")])
+            .await;
+
+        assert_eq!(status, StatusCode::OK, "body: {body}");
+        assert_eq!(user_ids(&body), [inside, on_edge].map(|id| id.to_string()));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn latest_locations_limit_truncates() {
+    with_server(|server| async move {
+        let users = sorted_users();
+        for user_id in users {
+            insert_latest_location(&server.pool, user_id, 10.0, 10.0).await;
+        }
+
+        let (status, _, body) = server
+            .get_query("/v1/locations/latest", &[("limit", "2")])
+            .await;
+        assert_eq!(status, StatusCode::OK, "body: {body}");
+        assert_eq!(
+            user_ids(&body),
+            [users[0], users[1]].map(|id| id.to_string())
+        );
+        assert_eq!(body["truncated"], true);
+
+        let (status, _, body) = server
+            .get_query("/v1/locations/latest", &[("limit", "3")])
+            .await;
+        assert_eq!(status, StatusCode::OK, "body: {body}");
+        assert_eq!(user_ids(&body).len(), 3);
+        assert_eq!(body["truncated"], false);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn latest_locations_reject_invalid_parameters() {
+    with_server(|server| async move {
+        let cases = [
+            ("bbox", "1,2,3"),
+            ("bbox", "a,2,3,4"),
+            ("bbox", "-181,0,0,0"),
+            ("bbox", "0,-91,0,0"),
+            ("bbox", "10,0,5,1"),
+            ("bbox", "0,10,1,5"),
+            ("bbox", "NaN,0,1,1"),
+            ("limit", "0"),
+            ("limit", "10001"),
+            ("limit", "many"),
+        ];
+        for (field, value) in cases {
+            let (status, _, body) = server
+                .get_query("/v1/locations/latest", &[(field, value)])
+                .await;
+
+            assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+            assert_eq!(body["field"], field, "{field}={value}: {body}");
+            assert!(body["reason"].as_str().is_some_and(|r| !r.is_empty()));
+        }
+
+        let (status, _, body) = server
+            .get_query(
+                "/v1/locations/latest",
+                &[("bbox", "0,0,1,1"), ("bbox", "0,0,2,2")],
+            )
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+        assert_eq!(body["field"], "bbox", "body: {body}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn latest_locations_accept_limit_bounds() {
+    with_server(|server| async move {
+        for limit in ["1", "10000"] {
+            let (status, _, body) = server
+                .get_query("/v1/locations/latest", &[("limit", limit)])
+                .await;
+            assert_eq!(status, StatusCode::OK, "limit={limit}: {body}");
+        }
     })
     .await;
 }
