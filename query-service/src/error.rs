@@ -2,7 +2,7 @@
 //! each error response with the request id.
 
 use axum::extract::Request;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -12,18 +12,39 @@ use utoipa::ToSchema;
 /// Body of every error response.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ErrorBody {
-    /// Machine-readable code: `invalid_request`, `validation_failed`, `not_found` or
-    /// `internal`.
+    /// Machine-readable code: `invalid_request`, `validation_failed`, `not_found`,
+    /// `not_yet_consistent` or `internal`.
     #[schema(example = "validation_failed")]
     pub error: String,
     /// Human-readable sentence.
     pub message: String,
-    /// Name of the rejected path segment or query parameter, for `validation_failed`.
+    /// Name of the rejected path segment, query parameter or header, for
+    /// `validation_failed` and for an `invalid_request` caused by one field.
     pub field: Option<String>,
-    /// Reason the field was rejected, for `validation_failed`.
+    /// Reason the field was rejected, whenever `field` is set.
     pub reason: Option<String>,
     /// Value of the `x-request-id` response header, to quote when reporting a problem.
     pub request_id: String,
+    /// Position the request waited for, for `not_yet_consistent`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_position: Option<i64>,
+    /// How far the read models had come when the wait ended, for `not_yet_consistent`
+    /// when an event has that position.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ReadProgress>,
+}
+
+/// How far the read-models projection has processed the aggregate of one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ReadProgress {
+    /// Aggregate type of the event, such as `LocationTrack`.
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    /// Sequence of the event within its aggregate.
+    pub sequence: i64,
+    /// Last sequence of that aggregate the projection has processed, or null when it has
+    /// processed none.
+    pub processed_sequence: Option<i64>,
 }
 
 /// Failure of a request, mapped to one HTTP status each.
@@ -32,12 +53,24 @@ pub enum ApiError {
     /// 400: the request cannot be read at all.
     #[error("{0}")]
     InvalidRequest(String),
+    /// 400: one query parameter or header is malformed or contradicts another.
+    #[error("{field}: {reason}")]
+    InvalidField { field: String, reason: String },
     /// 422: one field of the request is invalid.
     #[error("{field}: {reason}")]
     Validation { field: String, reason: String },
     /// 404: the requested resource does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// 503 with `Retry-After: 1`: the read models did not reach `min_position` within the
+    /// wait bound.
+    #[error("read models have not reached position {min_position}")]
+    NotYetConsistent {
+        min_position: i64,
+        /// Maximum wait in milliseconds, quoted in the message.
+        max_wait_ms: u128,
+        progress: Option<ReadProgress>,
+    },
     /// 503: a dependency such as PostgreSQL does not respond. The cause is logged, not
     /// returned.
     #[error("service unavailable")]
@@ -50,6 +83,13 @@ pub enum ApiError {
 impl ApiError {
     pub fn validation(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::Validation {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn invalid_field(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidField {
             field: field.into(),
             reason: reason.into(),
         }
@@ -81,6 +121,13 @@ impl IntoResponse for ApiError {
                 None,
                 None,
             ),
+            Self::InvalidField { field, reason } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("{field} is invalid: {reason}"),
+                Some(field.clone()),
+                Some(reason.clone()),
+            ),
             Self::Validation { field, reason } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "validation_failed",
@@ -92,6 +139,20 @@ impl IntoResponse for ApiError {
                 StatusCode::NOT_FOUND,
                 "not_found",
                 message.clone(),
+                None,
+                None,
+            ),
+            Self::NotYetConsistent {
+                min_position,
+                max_wait_ms,
+                ..
+            } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_yet_consistent",
+                format!(
+                    "the read models did not reach position {min_position} within \
+                     {max_wait_ms} ms; retry later"
+                ),
                 None,
                 None,
             ),
@@ -110,15 +171,32 @@ impl IntoResponse for ApiError {
                 None,
             ),
         };
-        let body = ErrorBody {
+        let mut body = ErrorBody {
             error: code.to_owned(),
             message,
             field,
             reason,
             request_id: String::new(),
+            min_position: None,
+            progress: None,
         };
+        if let Self::NotYetConsistent {
+            min_position,
+            progress,
+            ..
+        } = &self
+        {
+            body.min_position = Some(*min_position);
+            body.progress = progress.clone();
+        }
         let mut response = (status, Json(body.clone())).into_response();
         response.extensions_mut().insert(body);
+        if matches!(self, Self::NotYetConsistent { .. }) {
+            // The wait bound is a few seconds at most, so one second is a fair first retry.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if let Self::Unavailable(cause) | Self::Internal(cause) = self {
             response
                 .extensions_mut()
@@ -194,5 +272,7 @@ fn body_for_status(status: StatusCode) -> ErrorBody {
         field: None,
         reason: None,
         request_id: String::new(),
+        min_position: None,
+        progress: None,
     }
 }

@@ -8,12 +8,15 @@
 //! - [`cursor`]: the keyset cursor of the location history.
 //! - [`openapi`]: the OpenAPI document.
 //! - [`live`]: live updates over Socket.IO, served on an address of their own.
+//! - [`read_your_writes`]: the middleware that delays a `/v1` request until the read models
+//!   have reached the position a command returned.
 
 pub mod cursor;
 pub mod error;
 pub mod extract;
 pub mod live;
 pub mod openapi;
+pub mod read_your_writes;
 pub mod routes;
 
 use std::future::Future;
@@ -34,7 +37,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::routes::{health, locations, stats, users};
+use crate::routes::{health, location_snapshot, locations, stats, users};
 
 /// Default listen address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8081";
@@ -57,12 +60,15 @@ pub struct Config {
     pub socket_addr: SocketAddr,
     /// `MERIDIAN_LIVE_POLL_MS`, default [`DEFAULT_LIVE_POLL`].
     pub live_poll: Duration,
+    /// `MERIDIAN_READ_WAIT_MAX_MS`, default 2000: how long a request with a minimum
+    /// position waits for the read models, at most 9000 ms.
+    pub read_wait: Duration,
     pub settings: Settings,
 }
 
 impl Config {
-    /// Reads `MERIDIAN_QUERY_ADDR`, `MERIDIAN_SOCKET_ADDR`, `MERIDIAN_LIVE_POLL_MS` and the
-    /// shared `MERIDIAN_*` settings.
+    /// Reads `MERIDIAN_QUERY_ADDR`, `MERIDIAN_SOCKET_ADDR`, `MERIDIAN_LIVE_POLL_MS`,
+    /// `MERIDIAN_READ_WAIT_MAX_MS` and the shared `MERIDIAN_*` settings.
     pub fn from_env() -> anyhow::Result<Self> {
         let live_poll = match std::env::var("MERIDIAN_LIVE_POLL_MS") {
             Ok(raw) => raw
@@ -79,6 +85,7 @@ impl Config {
             addr: address("MERIDIAN_QUERY_ADDR", DEFAULT_ADDR)?,
             socket_addr: address("MERIDIAN_SOCKET_ADDR", DEFAULT_SOCKET_ADDR)?,
             live_poll,
+            read_wait: read_your_writes::read_wait_from_env()?,
             settings: Settings::from_env()?,
         })
     }
@@ -96,17 +103,21 @@ pub struct AppState {
     pub pool: PgPool,
     /// Topic whose offsets `/v1/stats` compares to compute projection lag.
     pub events_topic: String,
+    /// Maximum time a request waits for its minimum position.
+    pub read_wait: Duration,
 }
 
 impl AppState {
     /// Connects to PostgreSQL, applying migrations so that the read-model tables exist.
-    pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
+    pub async fn connect(config: &Config) -> anyhow::Result<Self> {
+        let settings = &config.settings;
         let pool =
             meridian_event_log::database::connect(&settings.database_url, DATABASE_CONNECTIONS)
                 .await?;
         Ok(Self {
             pool,
             events_topic: settings.events_topic(),
+            read_wait: config.read_wait,
         })
     }
 }
@@ -126,6 +137,15 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/openapi.json", get(openapi::openapi_json))
+        .merge(v1_routes(state.clone()))
+        .with_state(state)
+        .layer(middleware)
+}
+
+/// Builds the `/v1` routes. Each of them first waits for the minimum position of the
+/// request, so every route added here supports read-your-writes.
+fn v1_routes(state: AppState) -> Router<AppState> {
+    Router::new()
         .route("/v1/users", get(users::find_users_by_email))
         .route("/v1/users/{id}", get(users::get_user))
         .route("/v1/users/{id}/profile", get(users::get_profile))
@@ -138,9 +158,15 @@ pub fn router(state: AppState) -> Router {
             get(locations::get_latest_location),
         )
         .route("/v1/users/{id}/locations", get(locations::list_locations))
+        .route(
+            "/v1/locations/latest",
+            get(location_snapshot::get_latest_locations),
+        )
         .route("/v1/stats", get(stats::get_stats))
-        .with_state(state)
-        .layer(middleware)
+        .route_layer(middleware::from_fn_with_state(
+            state,
+            read_your_writes::wait_for_min_position,
+        ))
 }
 
 fn request_span(request: &Request) -> tracing::Span {

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     meridian_event_log::telemetry::init();
     let config = Config::from_env()?;
-    let state = AppState::connect(&config.settings).await?;
+    let state = AppState::connect(&config).await?;
     let http = TcpListener::bind(config.addr)
         .await
         .with_context(|| format!("failed to listen on {}", config.addr))?;

@@ -2,15 +2,17 @@
 
 use utoipa::OpenApi;
 
-use crate::error::ErrorBody;
-use crate::routes::{health, locations, stats, users};
+use crate::error::{ErrorBody, ReadProgress};
+use crate::read_your_writes::openapi::MinPositionDocs;
+use crate::routes::{health, location_snapshot, locations, stats, users};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Meridian query API",
         description = "Read models of Meridian: users, profiles, locations and projection lag. \
-                       Every error has the body ErrorBody and every response an x-request-id header."
+                       Every error has the body ErrorBody and every response an x-request-id header. \
+                       Every /v1 route accepts X-Min-Position or min_position to read its own writes."
     ),
     paths(
         health::healthz,
@@ -20,10 +22,12 @@ use crate::routes::{health, locations, stats, users};
         users::get_profile_image,
         locations::get_latest_location,
         locations::list_locations,
+        location_snapshot::get_latest_locations,
         stats::get_stats,
         openapi_json,
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, ReadProgress)),
+    modifiers(&MinPositionDocs),
     tags(
         (name = "users", description = "Users and profiles"),
         (name = "locations", description = "Latest location and location history"),

@@ -5,6 +5,7 @@ use std::future::Future;
 
 use chrono::{DateTime, Duration, Utc};
 use meridian_event_log::testing::TestDatabase;
+use meridian_query_service::read_your_writes::DEFAULT_READ_WAIT;
 use meridian_query_service::{serve, AppState};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -54,10 +55,20 @@ where
     F: FnOnce(Server) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    with_server_waiting(DEFAULT_READ_WAIT, test).await;
+}
+
+/// Same as [`with_server`], with `read_wait` as the maximum wait for a minimum position.
+async fn with_server_waiting<F, Fut>(read_wait: std::time::Duration, test: F)
+where
+    F: FnOnce(Server) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let database = TestDatabase::create().await.expect("test database");
     let state = AppState {
         pool: database.pool.clone(),
         events_topic: TOPIC.to_owned(),
+        read_wait,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("address"));
@@ -608,6 +619,7 @@ async fn openapi_lists_every_route() {
             "/v1/users/{id}/profile/image",
             "/v1/users/{id}/location",
             "/v1/users/{id}/locations",
+            "/v1/locations/latest",
             "/v1/stats",
         ] {
             assert!(body["paths"][path]["get"].is_object(), "{path} is missing");
@@ -909,6 +921,576 @@ async fn profile_image_of_non_uuid_is_rejected() {
     with_server(|server| async move {
         let (status, _, body) = server.get("/v1/users/42/profile/image").await;
         assert_field_rejected(status, &body, "id");
+    })
+    .await;
+}
+
+// Read-your-writes: a minimum position given as header or parameter.
+
+/// Maximum wait of the servers in the timeout tests.
+const SHORT_READ_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Stores a key row for `user_id`, which the event store requires before any event.
+async fn insert_user_key(pool: &PgPool, user_id: Uuid) {
+    sqlx::query(
+        "INSERT INTO user_keys (user_id, master_key_id, wrapped_key) VALUES ($1, 'test', '\\x00')",
+    )
+    .bind(user_id.to_string())
+    .execute(pool)
+    .await
+    .expect("insert a key row");
+}
+
+/// Stores one `LocationRecorded` event and returns its position.
+async fn insert_location_event(pool: &PgPool, user_id: Uuid, sequence: i64) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                             event_version, payload, metadata)
+         VALUES ('LocationTrack', $1, $2, 'LocationRecorded', '1',
+                 '{\"LocationRecorded\": {}}', '{}')
+         RETURNING position",
+    )
+    .bind(user_id.to_string())
+    .bind(sequence)
+    .fetch_one(pool)
+    .await
+    .expect("insert event")
+}
+
+/// Folds a location into the read model the way the projection does: the location and
+/// `rm_applied` in one transaction.
+async fn project_location(pool: &PgPool, user_id: Uuid, sequence: i64, position: i64) {
+    let mut transaction = pool.begin().await.expect("begin");
+    sqlx::query(
+        "INSERT INTO rm_latest_locations (user_id, latitude, longitude, recorded_at,
+                                          sequence, position, event_id)
+         VALUES ($1, 40.6892, -74.0445, $2, $3, $4, $5)",
+    )
+    .bind(user_id)
+    .bind(time(sequence))
+    .bind(sequence)
+    .bind(position)
+    .bind(Uuid::new_v4())
+    .execute(&mut *transaction)
+    .await
+    .expect("insert rm_latest_locations");
+    set_applied(&mut transaction, user_id, sequence).await;
+    transaction.commit().await.expect("commit");
+}
+
+async fn set_applied(connection: &mut sqlx::PgConnection, user_id: Uuid, sequence: i64) {
+    sqlx::query(
+        "INSERT INTO rm_applied (aggregate_type, aggregate_id, last_sequence)
+         VALUES ('LocationTrack', $1, $2)
+         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET last_sequence = $2",
+    )
+    .bind(user_id.to_string())
+    .bind(sequence)
+    .execute(connection)
+    .await
+    .expect("upsert rm_applied");
+}
+
+impl Server {
+    /// Sends a GET with an optional `X-Min-Position` header.
+    async fn get_min_position(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        header: Option<&str>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut request = self.client.get(format!("{}{path}", self.base)).query(query);
+        if let Some(value) = header {
+            request = request.header("X-Min-Position", value);
+        }
+        let response = request.send().await.expect("request failed");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.json().await.expect("body is not JSON");
+        (status, headers, body)
+    }
+}
+
+/// Stores an event, reads the user's location with `send`, and folds the event into the
+/// read model 200 ms after the request was sent. Returns the response to the read.
+async fn read_while_projecting<F, Fut>(server: &Server, send: F) -> (StatusCode, Value)
+where
+    F: FnOnce(Server, Uuid, i64) -> Fut,
+    Fut: Future<Output = (StatusCode, reqwest::header::HeaderMap, Value)>,
+{
+    let user_id = Uuid::new_v4();
+    insert_user_key(&server.pool, user_id).await;
+    let position = insert_location_event(&server.pool, user_id, 1).await;
+
+    let pool = server.pool.clone();
+    let projection = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        project_location(&pool, user_id, 1, position).await;
+    });
+    let (status, _, body) = send(server.clone(), user_id, position).await;
+    projection.await.expect("projection task");
+    (status, body)
+}
+
+#[tokio::test]
+async fn min_position_header_waits_for_projection() {
+    with_server(|server| async move {
+        let (status, body) =
+            read_while_projecting(&server, |server, user_id, position| async move {
+                let path = format!("/v1/users/{user_id}/location");
+                server
+                    .get_min_position(&path, &[], Some(&position.to_string()))
+                    .await
+            })
+            .await;
+
+        assert_eq!(status, StatusCode::OK, "body: {body}");
+        assert_eq!(body["sequence"], 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn min_position_parameter_waits_for_projection() {
+    with_server(|server| async move {
+        let (status, body) =
+            read_while_projecting(&server, |server, user_id, position| async move {
+                let path = format!("/v1/users/{user_id}/location");
+                let position = position.to_string();
+                server
+                    .get_min_position(&path, &[("min_position", &position)], None)
+                    .await
+            })
+            .await;
+
+        assert_eq!(status, StatusCode::OK, "body: {body}");
+        assert_eq!(body["sequence"], 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn min_position_header_and_parameter_agree() {
+    with_server(|server| async move {
+        let (status, body) =
+            read_while_projecting(&server, |server, user_id, position| async move {
+                let path = format!("/v1/users/{user_id}/location");
+                let position = position.to_string();
+                server
+                    .get_min_position(&path, &[("min_position", &position)], Some(&position))
+                    .await
+            })
+            .await;
+
+        assert_eq!(status, StatusCode::OK, "body: {body}");
+        assert_eq!(body["sequence"], 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn min_position_already_processed_is_answered() {
+    with_server_waiting(SHORT_READ_WAIT, |server| async move {
+        let user_id = Uuid::new_v4();
+        insert_user_key(&server.pool, user_id).await;
+        let first = insert_location_event(&server.pool, user_id, 1).await;
+        let second = insert_location_event(&server.pool, user_id, 2).await;
+        project_location(&server.pool, user_id, 2, second).await;
+
+        let (status, _, body) = server
+            .get_min_position("/v1/stats", &[], Some(&first.to_string()))
+            .await;
+
+        assert_eq!(status, StatusCode::OK, "body: {body}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn min_position_not_processed_times_out() {
+    with_server_waiting(SHORT_READ_WAIT, |server| async move {
+        let user_id = Uuid::new_v4();
+        insert_user_key(&server.pool, user_id).await;
+        insert_location_event(&server.pool, user_id, 1).await;
+        let position = insert_location_event(&server.pool, user_id, 2).await;
+        let mut connection = server.pool.acquire().await.expect("connection");
+        set_applied(&mut connection, user_id, 1).await;
+
+        let (status, headers, body) = server
+            .get_min_position("/v1/stats", &[], Some(&position.to_string()))
+            .await;
+
+        assert_error(
+            status,
+            &body,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_yet_consistent",
+        );
+        assert_eq!(headers["retry-after"], "1");
+        assert_eq!(body["min_position"], position);
+        assert_eq!(
+            body["progress"],
+            json!({
+                "aggregate_type": "LocationTrack",
+                "aggregate_id": user_id.to_string(),
+                "sequence": 2,
+                "processed_sequence": 1,
+            })
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn min_position_of_unprocessed_aggregate_times_out() {
+    with_server_waiting(SHORT_READ_WAIT, |server| async move {
+        let user_id = Uuid::new_v4();
+        insert_user_key(&server.pool, user_id).await;
+        let position = insert_location_event(&server.pool, user_id, 1).await;
+
+        let (status, headers, body) = server
+            .get_min_position(
+                "/v1/locations/latest",
+                &[("min_position", &position.to_string())],
+                None,
+            )
+            .await;
+
+        assert_error(
+            status,
+            &body,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_yet_consistent",
+        );
+        assert_eq!(headers["retry-after"], "1");
+        assert_eq!(body["progress"]["processed_sequence"], Value::Null);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn min_position_beyond_last_event_times_out() {
+    with_server_waiting(SHORT_READ_WAIT, |server| async move {
+        let user_id = Uuid::new_v4();
+        insert_user_key(&server.pool, user_id).await;
+        let last = insert_location_event(&server.pool, user_id, 1).await;
+        project_location(&server.pool, user_id, 1, last).await;
+
+        let ahead = (last + 1).to_string();
+        let (status, headers, body) = server
+            .get_min_position("/v1/stats", &[("min_position", &ahead)], None)
+            .await;
+
+        assert_error(
+            status,
+            &body,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_yet_consistent",
+        );
+        assert_eq!(headers["retry-after"], "1");
+        assert_eq!(body["min_position"], last + 1);
+        assert!(body.get("progress").is_none(), "body: {body}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn min_position_of_rolled_back_event_is_reached() {
+    with_server_waiting(SHORT_READ_WAIT, |server| async move {
+        let user_id = Uuid::new_v4();
+        insert_user_key(&server.pool, user_id).await;
+        let mut transaction = server.pool.begin().await.expect("begin");
+        let hole: i64 = sqlx::query_scalar(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                 event_version, payload, metadata)
+             VALUES ('LocationTrack', $1, 1, 'LocationRecorded', '1', '{}', '{}')
+             RETURNING position",
+        )
+        .bind(user_id.to_string())
+        .fetch_one(&mut *transaction)
+        .await
+        .expect("insert event");
+        transaction.rollback().await.expect("rollback");
+        let later = insert_location_event(&server.pool, user_id, 1).await;
+        assert!(later > hole);
+
+        let (status, _, body) = server
+            .get_min_position("/v1/stats", &[], Some(&hole.to_string()))
+            .await;
+
+        assert_eq!(status, StatusCode::OK, "body: {body}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn min_position_rejects_invalid_values() {
+    with_server(|server| async move {
+        // (min_position parameter, X-Min-Position header, rejected field)
+        let cases = [
+            (Some("abc"), None, "min_position"),
+            (Some("0"), None, "min_position"),
+            (Some("-4"), None, "min_position"),
+            (Some(""), None, "min_position"),
+            (None, Some("abc"), "X-Min-Position"),
+            (None, Some("0"), "X-Min-Position"),
+            (None, Some("-4"), "X-Min-Position"),
+            (Some("6"), Some("5"), "min_position"),
+        ];
+        for (parameter, header, field) in cases {
+            let query: Vec<(&str, &str)> = parameter
+                .map(|value| ("min_position", value))
+                .into_iter()
+                .collect();
+            let (status, _, body) = server.get_min_position("/v1/stats", &query, header).await;
+
+            assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+            assert_eq!(body["field"], field, "body: {body}");
+            assert!(body["reason"].as_str().is_some_and(|r| !r.is_empty()));
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn min_position_is_checked_on_every_v1_route() {
+    with_server(|server| async move {
+        let (_, _, document) = server.get("/openapi.json").await;
+        let paths = document["paths"].as_object().expect("paths");
+        let v1_paths: Vec<&String> = paths.keys().filter(|p| p.starts_with("/v1/")).collect();
+        assert!(
+            v1_paths
+                .iter()
+                .any(|path| path.as_str() == "/v1/users/{id}"),
+            "{v1_paths:?}"
+        );
+
+        for path in v1_paths {
+            let concrete = path.replace("{id}", &Uuid::new_v4().to_string());
+            let (status, _, body) = server
+                .get_min_position(&concrete, &[("min_position", "soon")], None)
+                .await;
+
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+            assert_eq!(body["field"], "min_position", "{path}: {body}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn openapi_describes_min_position() {
+    with_server(|server| async move {
+        let (_, _, document) = server.get("/openapi.json").await;
+        let operation = &document["paths"]["/v1/stats"]["get"];
+        let names: Vec<&str> = operation["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .filter_map(|parameter| parameter["name"].as_str())
+            .collect();
+
+        assert!(names.contains(&"X-Min-Position"), "{names:?}");
+        assert!(names.contains(&"min_position"), "{names:?}");
+        assert!(operation["responses"]["503"].is_object());
+        assert!(document["paths"]["/healthz"]["get"]["parameters"].is_null());
+    })
+    .await;
+}
+
+// The latest-locations snapshot.
+
+async fn insert_latest_location(pool: &PgPool, user_id: Uuid, longitude: f64, latitude: f64) {
+    sqlx::query(
+        "INSERT INTO rm_latest_locations (user_id, latitude, longitude, recorded_at,
+                                          sequence, position, event_id)
+         VALUES ($1, $2, $3, $4, 4, 40, $5)",
+    )
+    .bind(user_id)
+    .bind(latitude)
+    .bind(longitude)
+    .bind(time(10))
+    .bind(Uuid::new_v4())
+    .execute(pool)
+    .await
+    .expect("insert rm_latest_locations");
+}
+
+/// Appends live-update rows with these positions and moves the head to the last one.
+async fn append_updates(pool: &PgPool, positions: &[i64]) {
+    for position in positions {
+        sqlx::query(
+            "WITH head AS (UPDATE rm_update_head SET seq = seq + 1 RETURNING seq)
+             INSERT INTO rm_updates (seq, position, user_id, kind, payload)
+             SELECT seq, $1, $2, 'location', '{}' FROM head",
+        )
+        .bind(position)
+        .bind(Uuid::new_v4())
+        .execute(pool)
+        .await
+        .expect("append rm_updates");
+    }
+}
+
+/// Three users sorted by id, so the expected order is the order of the array.
+fn sorted_users() -> [Uuid; 3] {
+    let mut users = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
+    users.sort();
+    users
+}
+
+fn user_ids(body: &Value) -> Vec<String> {
+    body["locations"]
+        .as_array()
+        .expect("locations")
+        .iter()
+        .map(|location| location["user_id"].as_str().expect("user_id").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn empty_feed_gives_position_zero() {
+    with_server(|server| async move {
+        let (status, _, body) = server.get("/v1/locations/latest").await;
+
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            json!({"position": 0, "locations": [], "truncated": false})
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn latest_locations_include_feed_position() {
+    with_server(|server| async move {
+        let [first, second, third] = sorted_users();
+        insert_user(&server.pool, second, "vessel-2@ais.example", true).await;
+        insert_user(&server.pool, first, "vessel-1@ais.example", false).await;
+        for user_id in [third, first, second] {
+            insert_latest_location(&server.pool, user_id, -74.0, 40.5).await;
+        }
+        append_updates(&server.pool, &[31, 38, 35]).await;
+
+        let (status, _, body) = server.get("/v1/locations/latest").await;
+
+        assert_eq!(status, StatusCode::OK, "body: {body}");
+        assert_eq!(body["position"], 35);
+        assert_eq!(body["truncated"], false);
+        assert_eq!(
+            user_ids(&body),
+            [first, second, third].map(|id| id.to_string())
+        );
+        assert_eq!(
+            body["locations"][0],
+            json!({
+                "user_id": first,
+                "name": "SAMUEL I NEWHOUSE",
+                "latitude": 40.5,
+                "longitude": -74.0,
+                "recorded_at": "2020-06-30T00:00:10Z",
+                "sequence": 4,
+                "position": 40,
+            })
+        );
+        assert_eq!(body["locations"][2]["name"], Value::Null);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn latest_locations_filter_by_bbox_with_edges() {
+    with_server(|server| async move {
+        let [inside, on_edge, outside] = sorted_users();
+        insert_latest_location(&server.pool, inside, -74.0, 40.7).await;
+        insert_latest_location(&server.pool, on_edge, -73.9, 40.6).await;
+        insert_latest_location(&server.pool, outside, -73.8, 40.7).await;
+
+        let (status, _, body) = server
+            .get_query("/v1/locations/latest", &[("bbox", "-74.1,40.6,-73.9,40.8")])
+            .await;
+
+        assert_eq!(status, StatusCode::OK, "body: {body}");
+        assert_eq!(user_ids(&body), [inside, on_edge].map(|id| id.to_string()));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn latest_locations_limit_truncates() {
+    with_server(|server| async move {
+        let users = sorted_users();
+        for user_id in users {
+            insert_latest_location(&server.pool, user_id, 10.0, 10.0).await;
+        }
+
+        let (status, _, body) = server
+            .get_query("/v1/locations/latest", &[("limit", "2")])
+            .await;
+        assert_eq!(status, StatusCode::OK, "body: {body}");
+        assert_eq!(
+            user_ids(&body),
+            [users[0], users[1]].map(|id| id.to_string())
+        );
+        assert_eq!(body["truncated"], true);
+
+        let (status, _, body) = server
+            .get_query("/v1/locations/latest", &[("limit", "3")])
+            .await;
+        assert_eq!(status, StatusCode::OK, "body: {body}");
+        assert_eq!(user_ids(&body).len(), 3);
+        assert_eq!(body["truncated"], false);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn latest_locations_reject_invalid_parameters() {
+    with_server(|server| async move {
+        let cases = [
+            ("bbox", "1,2,3"),
+            ("bbox", "a,2,3,4"),
+            ("bbox", "-181,0,0,0"),
+            ("bbox", "0,-91,0,0"),
+            ("bbox", "10,0,5,1"),
+            ("bbox", "0,10,1,5"),
+            ("bbox", "NaN,0,1,1"),
+            ("limit", "0"),
+            ("limit", "10001"),
+            ("limit", "many"),
+        ];
+        for (field, value) in cases {
+            let (status, _, body) = server
+                .get_query("/v1/locations/latest", &[(field, value)])
+                .await;
+
+            assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+            assert_eq!(body["field"], field, "{field}={value}: {body}");
+            assert!(body["reason"].as_str().is_some_and(|r| !r.is_empty()));
+        }
+
+        let (status, _, body) = server
+            .get_query(
+                "/v1/locations/latest",
+                &[("bbox", "0,0,1,1"), ("bbox", "0,0,2,2")],
+            )
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+        assert_eq!(body["field"], "bbox", "body: {body}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn latest_locations_accept_limit_bounds() {
+    with_server(|server| async move {
+        for limit in ["1", "10000"] {
+            let (status, _, body) = server
+                .get_query("/v1/locations/latest", &[("limit", limit)])
+                .await;
+            assert_eq!(status, StatusCode::OK, "limit={limit}: {body}");
+        }
     })
     .await;
 }

@@ -1,6 +1,7 @@
 //! Handlers, one module per resource.
 
 pub mod health;
+pub mod location_snapshot;
 pub mod locations;
 pub mod stats;
 pub mod users;
