@@ -5,6 +5,7 @@
 //! `cargo build --workspace --bins` (`make test` does).
 
 pub mod ais;
+pub mod live;
 
 use std::collections::HashMap;
 use std::fs::File;
