@@ -5,16 +5,17 @@
 //! PostgreSQL: on a gap in `seq`, after Redis reconnects, and on a timer, the hub reads every
 //! row after the last one it delivered. A row is delivered once, whichever way it came.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
-use meridian_event_log::live::{self, LiveUpdate};
+use meridian_event_log::live::{self, LiveUpdate, UpdateKind};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::filter::Filter;
 
@@ -45,6 +46,56 @@ struct State {
     position: i64,
     next_id: u64,
     subscribers: HashMap<u64, Subscriber>,
+    /// Subscribers to one user's updates of one kind, so a row is matched against its
+    /// user's subscribers and the area subscribers only, not against every socket.
+    by_user: HashMap<(Uuid, UpdateKind), HashSet<u64>>,
+    areas: HashSet<u64>,
+}
+
+impl State {
+    fn insert(&mut self, id: u64, subscriber: Subscriber) {
+        match subscriber.filter.user() {
+            Some(key) => {
+                self.by_user.entry(key).or_default().insert(id);
+            }
+            None => {
+                self.areas.insert(id);
+            }
+        }
+        self.subscribers.insert(id, subscriber);
+    }
+
+    fn remove(&mut self, id: u64) {
+        let Some(subscriber) = self.subscribers.remove(&id) else {
+            return;
+        };
+        match subscriber.filter.user() {
+            Some(key) => {
+                if let Some(ids) = self.by_user.get_mut(&key) {
+                    ids.remove(&id);
+                    if ids.is_empty() {
+                        self.by_user.remove(&key);
+                    }
+                }
+            }
+            None => {
+                self.areas.remove(&id);
+            }
+        }
+    }
+
+    /// Ids of the subscribers that may want `row`.
+    fn candidates(&self, row: &LiveUpdate) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .by_user
+            .get(&(row.user_id, row.kind))
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default();
+        if row.kind == UpdateKind::Location {
+            ids.extend(self.areas.iter().copied());
+        }
+        ids
+    }
 }
 
 #[derive(Debug)]
@@ -137,7 +188,7 @@ impl Hub {
         let mut state = self.state();
         let id = state.next_id;
         state.next_id += 1;
-        state.subscribers.insert(id, Subscriber { filter, sender });
+        state.insert(id, Subscriber { filter, sender });
         Registration {
             id,
             seq: state.seq,
@@ -147,7 +198,7 @@ impl Hub {
     }
 
     pub fn unregister(&self, id: u64) {
-        self.state().subscribers.remove(&id);
+        self.state().remove(id);
     }
 
     /// Number of subscriptions registered now.
@@ -229,22 +280,29 @@ impl Hub {
             state.seq = row.seq;
             state.position = row.position;
             let row = Arc::new(row);
-            state.subscribers.retain(|id, subscriber| {
+            let mut dropped = Vec::new();
+            for id in state.candidates(&row) {
+                let Some(subscriber) = state.subscribers.get(&id) else {
+                    continue;
+                };
                 if !subscriber.filter.matches(&row) {
-                    return true;
+                    continue;
                 }
                 match subscriber.sender.try_send(row.clone()) {
-                    Ok(()) => true,
+                    Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         tracing::debug!(
                             subscriber = id,
                             "subscriber fell behind; it reads PostgreSQL"
                         );
-                        false
+                        dropped.push(id);
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    Err(mpsc::error::TrySendError::Closed(_)) => dropped.push(id),
                 }
-            });
+            }
+            for id in dropped {
+                state.remove(id);
+            }
         }
     }
 }
@@ -309,5 +367,63 @@ async fn listen_to_redis(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(REDIS_RETRY) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use meridian_event_log::live::UpdateBody;
+    use serde_json::json;
+
+    use super::*;
+    use crate::live::filter::BoundingBox;
+
+    fn location(user_id: Uuid) -> LiveUpdate {
+        LiveUpdate {
+            seq: 1,
+            position: 1,
+            user_id,
+            kind: UpdateKind::Location,
+            latitude: Some(40.7),
+            longitude: Some(-74.0),
+            body: Some(UpdateBody {
+                sequence: 1,
+                event_type: "LocationRecorded".into(),
+                data: json!({}),
+            }),
+            committed_at: Utc::now(),
+        }
+    }
+
+    fn subscriber(filter: Filter) -> Subscriber {
+        let (sender, _) = mpsc::channel(1);
+        Subscriber { filter, sender }
+    }
+
+    #[test]
+    fn candidates_are_the_user_subscribers_and_every_area() {
+        let (ada, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let world = BoundingBox {
+            min_longitude: -180.0,
+            min_latitude: -90.0,
+            max_longitude: 180.0,
+            max_latitude: 90.0,
+        };
+        let mut state = State::default();
+        state.insert(1, subscriber(Filter::UserLocations(ada)));
+        state.insert(2, subscriber(Filter::UserLocations(bob)));
+        state.insert(3, subscriber(Filter::UserProfile(ada)));
+        state.insert(4, subscriber(Filter::Area(world)));
+
+        let mut ids = state.candidates(&location(ada));
+        ids.sort_unstable();
+        assert_eq!(ids, vec![1, 4]);
+
+        state.remove(1);
+        state.remove(4);
+        assert!(state.candidates(&location(ada)).is_empty());
+        assert!(!state.by_user.contains_key(&(ada, UpdateKind::Location)));
+        assert_eq!(state.subscribers.len(), 2);
     }
 }
