@@ -40,7 +40,7 @@
     resumeAfter: 0,
     subscription: null,
     loadingSnapshot: false,
-    namesWanted: [],
+    nameQueue: [],
     namesRequested: new Set(),
     namesInFlight: 0,
     renderQueued: false,
@@ -175,13 +175,13 @@
       return;
     }
     state.namesRequested.add(userId);
-    state.namesWanted.push(userId);
+    state.nameQueue.push(userId);
     drainNameRequests();
   }
 
   function drainNameRequests() {
-    while (state.namesInFlight < NAME_REQUESTS && state.namesWanted.length > 0) {
-      const userId = state.namesWanted.shift();
+    while (state.namesInFlight < NAME_REQUESTS && state.nameQueue.length > 0) {
+      const userId = state.nameQueue.shift();
       state.namesInFlight += 1;
       fetchName(userId)
         .catch((error) => console.warn(`loading the name of user ${userId} failed`, error))
@@ -309,7 +309,7 @@
     context.setTransform(ratio, 0, 0, ratio, 0, 0);
     context.clearRect(0, 0, cssWidth, cssHeight);
 
-    const plot = { left: 72, top: 16, right: cssWidth - 16, bottom: cssHeight - 40 };
+    const plot = { left: 86, top: 16, right: cssWidth - 24, bottom: cssHeight - 44 };
     const plotWidth = plot.right - plot.left;
     const plotHeight = plot.bottom - plot.top;
     const [minLon, minLat, maxLon, maxLat] = fitAspect(dataExtent(), plotWidth, plotHeight);
@@ -355,8 +355,12 @@
       context.moveTo(px, plot.top);
       context.lineTo(px, plot.bottom);
       context.stroke();
-      context.fillStyle = "#374151";
-      context.fillText(formatDegrees(lon, lonDecimals, "E", "W"), px, plot.bottom + 6);
+      const label = formatDegrees(lon, lonDecimals, "E", "W");
+      const halfWidth = context.measureText(label).width / 2;
+      if (px - halfWidth >= 0 && px + halfWidth <= context.canvas.clientWidth) {
+        context.fillStyle = "#374151";
+        context.fillText(label, px, plot.bottom + 6);
+      }
     }
 
     const latStep = tickStep(maxLat - minLat, Math.max(2, Math.floor((plot.bottom - plot.top) / 70)));
@@ -379,9 +383,9 @@
     context.fillStyle = "#4b5563";
     context.textAlign = "center";
     context.textBaseline = "bottom";
-    context.fillText("Longitude", (plot.left + plot.right) / 2, plot.bottom + 38);
+    context.fillText("Longitude", (plot.left + plot.right) / 2, plot.bottom + 42);
     context.save();
-    context.translate(14, (plot.top + plot.bottom) / 2);
+    context.translate(12, (plot.top + plot.bottom) / 2);
     context.rotate(-Math.PI / 2);
     context.textBaseline = "middle";
     context.fillText("Latitude", 0, 0);
@@ -466,6 +470,7 @@
     name.append(swatch, user.name || userId.slice(0, 8));
     name.title = userId;
     const recorded = document.createElement("td");
+    recorded.className = "time";
     recorded.textContent = formatTime(user.recordedAt);
     const positions = document.createElement("td");
     positions.className = "number";
