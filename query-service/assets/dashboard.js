@@ -396,7 +396,7 @@
     const trail = user.trail;
     for (let i = 1; i < trail.length; i += 1) {
       context.strokeStyle = color;
-      context.globalAlpha = (0.6 * i) / trail.length;
+      context.globalAlpha = 0.15 + (0.7 * i) / trail.length;
       context.lineWidth = 2;
       context.beginPath();
       context.moveTo(x(trail[i - 1].longitude), y(trail[i - 1].latitude));
