@@ -30,7 +30,7 @@ help: ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | \
 		awk -F ':.*## ' '{ printf "  make %-8s %s\n", $$1, $$2 }'
 
-up: ## Build the release binaries, start the local stack and the four services
+up: ## Build the release binaries, start the local stack and the services
 	$(CARGO) build --release --workspace --bins
 	infra/stack.sh start
 	infra/services.sh start --profile release
