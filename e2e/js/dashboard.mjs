@@ -7,7 +7,8 @@
 // --timeout-secs (default 60) bounds each wait while the page shows no change.
 //
 // Prints `ready` on stdout once the page is subscribed, so the caller can start sending
-// data, and `screenshot FILE` when done. Exits 1 with a message on stderr on any failure:
+// data. Once the counts are reached it prints `rows JSON`, the user list as the page shows
+// it (name, last report, positions), and `screenshot FILE` when done. Exits 1 with a message on stderr on any failure:
 // a wait that runs out, a counter that overshoots, a script error in the page, or a request
 // to a host other than the dashboard's.
 
@@ -82,6 +83,24 @@ async function readPage(page) {
       connectionText: document.getElementById("connection-text").textContent,
     };
   });
+}
+
+// Reads the rows of the user list once every listed user has a name, which the page loads
+// with a request of its own for users first seen in an update.
+async function readUserList(page, timeoutMs) {
+  await page
+    .waitForFunction(() => document.querySelector("#user-list tr[data-name-pending]") === null, null, {
+      timeout: timeoutMs,
+      polling: 200,
+    })
+    .catch(() => fail(`the user list still lacks names after ${timeoutMs / 1000} s`));
+  return page.$$eval("#user-list tr", (rows) =>
+    rows.map((row) => ({
+      name: row.querySelector(".name").textContent.trim(),
+      last_report: row.querySelector(".time").textContent.trim(),
+      positions: Number(row.querySelector(".positions").textContent.replace(/,/g, "")),
+    })),
+  );
 }
 
 // Polls the page until `done(shown)` holds. Fails when `overshot(shown)` holds, when what
@@ -163,6 +182,7 @@ async function main() {
       (shown) => shown.users === options.users && shown.updates === options.updates,
       (shown) => shown.users > options.users || shown.updates > options.updates,
     );
+    const rows = await readUserList(page, options.timeoutMs);
     if (problems.length > 0) {
       fail(problems.join("; "));
     }
@@ -172,6 +192,7 @@ async function main() {
     mkdirSync(dirname(options.screenshot), { recursive: true });
     await page.screenshot({ path: options.screenshot, timeout: options.timeoutMs });
     console.log(`shown ${JSON.stringify(shown)}`);
+    console.log(`rows ${JSON.stringify(rows)}`);
     console.log(`screenshot ${options.screenshot}`);
   } finally {
     await context.close();

@@ -4,12 +4,13 @@
 //! Needs Node.js, the packages of e2e/js (`npm ci` there; `make test` runs it) and Debian's
 //! Chromium at /usr/bin/chromium (`infra/stack.sh install` installs it as root).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use meridian_e2e::ais::{read_week_rows, write_unseen_file};
+use meridian_e2e::ais::{read_week_rows, write_unseen_file, Report};
 use meridian_e2e::{target_dir, Platform};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -64,10 +65,67 @@ async fn dashboard_shows_imported_reports() -> anyhow::Result<()> {
     assert!(screenshot.is_file(), "{} is missing", screenshot.display());
     println!("dashboard screenshot saved to {}", screenshot.display());
 
+    let listed = listed_users(&stdout)?;
+    assert_eq!(
+        listed.len(),
+        expected.reports.len(),
+        "rows of the user list"
+    );
+    for (mmsi, reports) in &expected.reports {
+        let suffix = format!(" {mmsi}");
+        let Some(row) = listed.iter().find(|row| row.name.ends_with(&suffix)) else {
+            panic!("vessel {mmsi} is not in the user list: {listed:?}");
+        };
+        let latest = expected.latest(*mmsi).expect("vessel has reports");
+        assert_eq!(
+            row.last_report,
+            latest.recorded_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            "last report of vessel {mmsi}"
+        );
+        assert_eq!(
+            row.positions,
+            distinct_reports(reports),
+            "positions of vessel {mmsi}"
+        );
+    }
+
     platform.wait_caught_up(Duration::from_secs(300)).await?;
     platform.shut_down().await?;
     std::fs::remove_dir_all(directory)?;
     Ok(())
+}
+
+/// One row of the dashboard's user list, as e2e/js/dashboard.mjs prints it.
+#[derive(Debug, serde::Deserialize)]
+struct ListedUser {
+    name: String,
+    last_report: String,
+    positions: usize,
+}
+
+/// Parses the `rows JSON` line of the browser check's output.
+fn listed_users(stdout: &str) -> anyhow::Result<Vec<ListedUser>> {
+    let json = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("rows "))
+        .with_context(|| format!("no user list in the browser check's output:\n{stdout}"))?;
+    serde_json::from_str(json).context("the user list is not the expected JSON")
+}
+
+/// Counts the reports of one vessel that are not exact repeats, as the command service
+/// stores them.
+fn distinct_reports(reports: &[Report]) -> usize {
+    let mut seen = HashSet::new();
+    reports
+        .iter()
+        .filter(|report| {
+            seen.insert((
+                report.recorded_at,
+                report.latitude.to_bits(),
+                report.longitude.to_bits(),
+            ))
+        })
+        .count()
 }
 
 /// Fails with the command to run when Chromium or the Node packages are missing.

@@ -462,7 +462,12 @@
 
   function userRow(userId, user) {
     const row = document.createElement("tr");
+    row.dataset.userId = userId;
+    if (!user.name) {
+      row.dataset.namePending = "true";
+    }
     const name = document.createElement("td");
+    name.className = "name";
     const swatch = document.createElement("span");
     swatch.className = "swatch";
     swatch.style.background = colorOf(userId);
@@ -473,7 +478,7 @@
     recorded.className = "time";
     recorded.textContent = formatTime(user.recordedAt);
     const positions = document.createElement("td");
-    positions.className = "number";
+    positions.className = "number positions";
     positions.textContent = user.sequence.toLocaleString("en-US");
     row.append(name, recorded, positions);
     return row;
