@@ -8,6 +8,8 @@ SHELL := bash
 
 CARGO ?= cargo
 DEMO_FILE := data/ais/nyharbor_2020_06_30_first_hour.csv
+# Node packages of the end-to-end tests (socket.io-client, playwright-core).
+JS_DIR := e2e/js
 
 # When infra/stack.sh runs a server on another port, point the services and tests at it too,
 # unless the client setting is given explicitly.
@@ -28,7 +30,7 @@ help: ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | \
 		awk -F ':.*## ' '{ printf "  make %-8s %s\n", $$1, $$2 }'
 
-up: ## Build the release binaries, start the local stack and the four services
+up: ## Build the release binaries, start the local stack and the services
 	$(CARGO) build --release --workspace --bins
 	infra/stack.sh start
 	infra/services.sh start --profile release
@@ -45,6 +47,10 @@ import: ## Import FILE=path.csv into the running services with the release impor
 
 test: ## Start the local stack, build the debug binaries, run every test
 	infra/stack.sh start
+	@if [[ ! -d $(JS_DIR)/node_modules || $(JS_DIR)/package-lock.json -nt $(JS_DIR)/node_modules ]]; then \
+		echo "cd $(JS_DIR) && npm ci --no-audit --no-fund"; \
+		(cd $(JS_DIR) && npm ci --no-audit --no-fund); \
+	fi
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		echo "$(CARGO) nextest run --workspace"; \

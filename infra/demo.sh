@@ -52,13 +52,14 @@ wait_for_projections() {
 # Prints the summary from the stats before and after the import and its wall time in seconds.
 print_summary() {
     local before=$1 after=$2 wall_secs=$3
-    python3 - "$before" "$after" "$wall_secs" "$COMMAND_ADDR" "$QUERY_ADDR" <<'PYTHON'
+    python3 - "$before" "$after" "$wall_secs" "$COMMAND_ADDR" "$QUERY_ADDR" "$QUERY_ADDR_2" \
+        "$SOCKET_ADDR" "$SOCKET_ADDR_2" <<'PYTHON'
 import json
 import sys
 
 before, after = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 wall_secs = float(sys.argv[3])
-command_addr, query_addr = sys.argv[4], sys.argv[5]
+command_addr, query_addr, query_addr_2, socket_addr, socket_addr_2 = sys.argv[4:9]
 
 new_locations = after["location_events"] - before["location_events"]
 rate = new_locations / wall_secs if wall_secs > 0 else 0.0
@@ -77,6 +78,9 @@ rows = [
     ),
     ("command API", f"http://{command_addr}  (OpenAPI: http://{command_addr}/openapi.json)"),
     ("query API", f"http://{query_addr}  (OpenAPI: http://{query_addr}/openapi.json)"),
+    ("query API, replica 2", f"http://{query_addr_2}"),
+    ("live map (dashboard)", f"http://{query_addr}/  and  http://{query_addr_2}/"),
+    ("Socket.IO", f"http://{socket_addr}  and  http://{socket_addr_2}"),
 ]
 print()
 print("Meridian demo")
@@ -102,7 +106,8 @@ shut_down() {
 # Keeps running until a signal arrives, warning once when a service stops meanwhile.
 serve_until_signal() {
     local warned=0
-    log "serving until Ctrl-C; try: curl http://$QUERY_ADDR/v1/stats"
+    log "serving until Ctrl-C; open the live map at http://$QUERY_ADDR/ or try:" \
+        "curl http://$QUERY_ADDR/v1/stats"
     while true; do
         sleep "$WATCH_INTERVAL_SECS" &
         wait $! || true
@@ -122,6 +127,7 @@ main() {
 
     local before after started finished wall_secs
     before=$(fetch_stats)
+    log "open the live map at http://$QUERY_ADDR/ (or http://$QUERY_ADDR_2/) to watch the import"
     started=$(date +%s%N)
     "$REPO_ROOT/infra/import.sh" "$file"
     finished=$(date +%s%N)

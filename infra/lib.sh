@@ -1,6 +1,6 @@
 # Functions shared by infra/stack.sh, infra/services.sh and infra/demo.sh.
-# Sourcing this file sets REPO_ROOT, STACK_DIR, LOG_DIR, RUN_DIR, COMMAND_ADDR, QUERY_ADDR
-# and TARGET_DIR.
+# Sourcing this file sets REPO_ROOT, STACK_DIR, LOG_DIR, RUN_DIR, COMMAND_ADDR, QUERY_ADDR,
+# QUERY_ADDR_2, SOCKET_ADDR, SOCKET_ADDR_2 and TARGET_DIR.
 # The scripts that source this file use its variables, hence SC2034 (unused variable) is off.
 # shellcheck shell=bash disable=SC2034
 
@@ -8,9 +8,14 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STACK_DIR=${MERIDIAN_STACK_DIR:-$REPO_ROOT/.stack}
 LOG_DIR=$STACK_DIR/logs
 RUN_DIR=$STACK_DIR/run
-# Addresses of the two HTTP services, as the services read them.
+# Addresses of the HTTP services, as the services read them.
 COMMAND_ADDR=${MERIDIAN_COMMAND_ADDR:-127.0.0.1:8080}
 QUERY_ADDR=${MERIDIAN_QUERY_ADDR:-127.0.0.1:8081}
+# The second query-service replica, which infra/services.sh starts beside the first.
+QUERY_ADDR_2=${MERIDIAN_QUERY_ADDR_2:-127.0.0.1:8082}
+# Socket.IO addresses of the two query-service replicas.
+SOCKET_ADDR=${MERIDIAN_SOCKET_ADDR:-127.0.0.1:8091}
+SOCKET_ADDR_2=${MERIDIAN_SOCKET_ADDR_2:-127.0.0.1:8092}
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
 # File descriptor of the lock that infra/stack.sh takes. Background servers must not inherit it,
 # or the lock would stay taken while they run.

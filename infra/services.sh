@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# Starts, stops and reports the four Meridian processes from binaries that cargo has built.
+# Starts, stops and reports the Meridian processes from binaries that cargo has built: the
+# command service, the outbox relay, the projection workers and two query-service replicas.
 #
 # Usage: infra/services.sh start|stop|status [--profile release|debug]
 #
-#   start   start each process that is not running, then wait until both HTTP services
-#           return 200 from GET /healthz and both workers are still alive
+#   start   start each process that is not running, then wait until the three HTTP services
+#           return 200 from GET /healthz, both replicas accept Socket.IO connections, and
+#           both workers are still alive
 #   stop    send SIGTERM, wait up to 15 s for a graceful shutdown, then send SIGKILL
 #   status  print each process's state; exit status 3 when one of them is down
 #
 # Binaries come from ${CARGO_TARGET_DIR:-target}/<profile>/ (default profile: release), so
 # build them first (`make up` does). Logs go to .stack/logs/<name>.log and pid files to
-# .stack/run/<name>.pid. The processes read the MERIDIAN_* settings from the environment. On
-# the first start, meridian-keys creates the master key file .stack/keys/master-keys.json.
+# .stack/run/<name>.pid, where the second replica's name is query-service-2. The processes
+# read the MERIDIAN_* settings from the environment. On the first start, meridian-keys
+# creates the master key file .stack/keys/master-keys.json.
 #
 # Environment:
 #   MERIDIAN_COMMAND_ADDR        command service address (default: 127.0.0.1:8080)
-#   MERIDIAN_QUERY_ADDR          query service address (default: 127.0.0.1:8081)
+#   MERIDIAN_QUERY_ADDR          HTTP address of query-service (default: 127.0.0.1:8081)
+#   MERIDIAN_QUERY_ADDR_2        HTTP address of query-service-2 (default: 127.0.0.1:8082)
+#   MERIDIAN_SOCKET_ADDR         Socket.IO address of query-service (default: 127.0.0.1:8091)
+#   MERIDIAN_SOCKET_ADDR_2       Socket.IO address of query-service-2 (default: 127.0.0.1:8092)
 #   MERIDIAN_SERVICES_WAIT_SECS  seconds to wait for each /healthz (default: 60)
-#   RUST_LOG                     log filter of all four processes
+#   RUST_LOG                     log filter of all five processes
 #                                (their default: info,sqlx=warn,rdkafka=warn)
 set -euo pipefail
 
@@ -35,19 +41,31 @@ STOP_GRACE_SECS=15
 
 # The command service starts first and alone, so that on a fresh machine it creates the
 # database and applies the migrations before the other processes connect.
-SERVICES=(command-service outbox-relay projection-workers query-service)
+SERVICES=(command-service outbox-relay projection-workers query-service query-service-2)
+BINARIES=(command-service outbox-relay projection-workers query-service meridian-keys)
 
-# Make the services listen where this script probes them.
+# Make the services listen where this script probes them. query-service-2 gets its own
+# addresses in start_service.
 export MERIDIAN_COMMAND_ADDR=$COMMAND_ADDR MERIDIAN_QUERY_ADDR=$QUERY_ADDR
+export MERIDIAN_SOCKET_ADDR=$SOCKET_ADDR
 
 usage() {
-    sed -n '4,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '5,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
-# Prints the string that the command line of service NAME contains.
+# Prints the binary that service NAME runs.
+service_binary() {
+    case $1 in
+    query-service-2) printf 'query-service\n' ;;
+    *) printf '%s\n' "$1" ;;
+    esac
+}
+
+# Prints the string that the command line of service NAME contains. Both replicas match
+# the same string, so each is identified by its own pid file.
 service_pattern() {
-    printf '/%s \n' "$1"
+    printf '/%s \n' "$(service_binary "$1")"
 }
 
 # Prints the HTTP address of service NAME, or nothing for a worker.
@@ -55,6 +73,15 @@ service_address() {
     case $1 in
     command-service) printf '%s\n' "$COMMAND_ADDR" ;;
     query-service) printf '%s\n' "$QUERY_ADDR" ;;
+    query-service-2) printf '%s\n' "$QUERY_ADDR_2" ;;
+    esac
+}
+
+# Prints the Socket.IO address of service NAME, or nothing when it serves none.
+service_socket_address() {
+    case $1 in
+    query-service) printf '%s\n' "$SOCKET_ADDR" ;;
+    query-service-2) printf '%s\n' "$SOCKET_ADDR_2" ;;
     esac
 }
 
@@ -72,7 +99,7 @@ check_stack() {
 
 check_binaries() {
     local name missing=()
-    for name in "${SERVICES[@]}" meridian-keys; do
+    for name in "${BINARIES[@]}"; do
         [[ -x $TARGET_DIR/$PROFILE/$name ]] || missing+=("$(display_path "$TARGET_DIR/$PROFILE/$name")")
     done
     if ((${#missing[@]} > 0)); then
@@ -95,27 +122,36 @@ stop_launched_on_failure() {
 
 # Starts service NAME unless it runs already.
 start_service() {
-    local name=$1 address port pid
+    local name=$1 address pid
     local pidfile=$RUN_DIR/$name.pid logfile=$LOG_DIR/$name.log
     if pid=$(live_pid "$pidfile" "$(service_pattern "$name")"); then
         log "$name is already running (pid $pid)"
         return 0
     fi
-    address=$(service_address "$name")
-    if [[ -n $address ]] && port_open "$(address_port "$address")"; then
-        die "$address is already in use by another process; stop it or set the address" \
-            "variable (MERIDIAN_COMMAND_ADDR or MERIDIAN_QUERY_ADDR)"
+    for address in "$(service_address "$name")" "$(service_socket_address "$name")"; do
+        if [[ -n $address ]] && port_open "$(address_port "$address")"; then
+            die "$address is already in use by another process; stop it or set the address" \
+                "variables (MERIDIAN_COMMAND_ADDR, MERIDIAN_QUERY_ADDR, MERIDIAN_QUERY_ADDR_2," \
+                "MERIDIAN_SOCKET_ADDR, MERIDIAN_SOCKET_ADDR_2)"
+        fi
+    done
+    local command_line=("$TARGET_DIR/$PROFILE/$(service_binary "$name")")
+    if [[ $name == query-service-2 ]]; then
+        command_line=(env "MERIDIAN_QUERY_ADDR=$QUERY_ADDR_2" "MERIDIAN_SOCKET_ADDR=$SOCKET_ADDR_2"
+            "${command_line[@]}")
     fi
-    start_background "$REPO_ROOT" "$logfile" "$pidfile" "$TARGET_DIR/$PROFILE/$name"
+    start_background "$REPO_ROOT" "$logfile" "$pidfile" "${command_line[@]}"
     LAUNCHED+=("$name")
     log "started $name (pid $(<"$pidfile")), log: $(display_path "$logfile")"
 }
 
-# Waits until GET /healthz of service NAME returns 200, failing with the end of its log when
-# the process exits or WAIT_SECS pass.
+# Waits until GET /healthz of service NAME returns 200 and its Socket.IO port, if it has
+# one, accepts connections, failing with the end of its log when the process exits or
+# WAIT_SECS pass.
 wait_for_health() {
-    local name=$1 address
+    local name=$1 address socket_address
     address=$(service_address "$name")
+    socket_address=$(service_socket_address "$name")
     local logfile=$LOG_DIR/$name.log deadline=$((SECONDS + WAIT_SECS))
     until http_ok "http://$address/healthz"; do
         if ! live_pid "$RUN_DIR/$name.pid" "$(service_pattern "$name")" >/dev/null; then
@@ -129,7 +165,14 @@ wait_for_health() {
         fi
         sleep 0.2
     done
-    log "$name is healthy at http://$address"
+    if [[ -n $socket_address ]]; then
+        wait_for_port "$name (Socket.IO)" "$(address_port "$socket_address")" \
+            "$((deadline > SECONDS ? deadline - SECONDS : 1))" "$RUN_DIR/$name.pid" \
+            "$(service_pattern "$name")" "$logfile"
+        log "$name is healthy at http://$address (Socket.IO at http://$socket_address)"
+    else
+        log "$name is healthy at http://$address"
+    fi
 }
 
 # Creates the local master key file on the first start. With MERIDIAN_KEY_PROVIDER=kms the
@@ -151,10 +194,11 @@ start_services() {
     wait_for_health command-service
 
     local name
-    for name in outbox-relay projection-workers query-service; do
+    for name in outbox-relay projection-workers query-service query-service-2; do
         start_service "$name"
     done
     wait_for_health query-service
+    wait_for_health query-service-2
 
     # Give workers started by this run a moment to fail on a bad connection setting.
     if [[ " ${LAUNCHED[*]} " == *" outbox-relay "* || " ${LAUNCHED[*]} " == *" projection-workers "* ]]; then
@@ -167,7 +211,9 @@ start_services() {
         fi
     done
     trap - EXIT
-    log "all services are running: command API http://$COMMAND_ADDR, query API http://$QUERY_ADDR"
+    log "all services are running: command API http://$COMMAND_ADDR," \
+        "query API and dashboard http://$QUERY_ADDR and http://$QUERY_ADDR_2," \
+        "Socket.IO http://$SOCKET_ADDR and http://$SOCKET_ADDR_2"
 }
 
 # Stops the named services at once: each gets SIGTERM, then SIGKILL after STOP_GRACE_SECS.
@@ -186,20 +232,24 @@ stop_services() {
 
 # Prints one line per service and returns 3 when any of them is down.
 status_services() {
-    local name address pid state down=0
-    printf '%-19s %-16s %s\n' SERVICE ADDRESS STATE
+    local name address socket_address pid state down=0
+    printf '%-19s %-16s %-16s %s\n' SERVICE ADDRESS SOCKET.IO STATE
     for name in "${SERVICES[@]}"; do
         address=$(service_address "$name")
+        socket_address=$(service_socket_address "$name")
         if ! pid=$(live_pid "$RUN_DIR/$name.pid" "$(service_pattern "$name")"); then
             state="DOWN"
             down=1
         elif [[ -n $address ]] && ! http_ok "http://$address/healthz"; then
             state="UNHEALTHY (pid $pid, GET /healthz failed, log $(display_path "$LOG_DIR/$name.log"))"
             down=1
+        elif [[ -n $socket_address ]] && ! port_open "$(address_port "$socket_address")"; then
+            state="UNHEALTHY (pid $pid, Socket.IO port closed, log $(display_path "$LOG_DIR/$name.log"))"
+            down=1
         else
             state="up (pid $pid, log $(display_path "$LOG_DIR/$name.log"))"
         fi
-        printf '%-19s %-16s %s\n' "$name" "${address:--}" "$state"
+        printf '%-19s %-16s %-16s %s\n' "$name" "${address:--}" "${socket_address:--}" "$state"
     done
     return $((down * 3))
 }

@@ -4,7 +4,8 @@
 #
 # Usage: infra/stack.sh install|start|stop|status|reset
 #
-#   install  install tansu with cargo when it is missing, and the Python servers into a venv
+#   install  install tansu with cargo when it is missing, the Python servers into a venv, and
+#            Debian's Chromium for the browser test (infra/chromium.sh)
 #   start    install what is missing, then start every server that is not running yet
 #   stop     stop the servers this script started (never PostgreSQL or Redis)
 #   status   print each server's state; exit status 3 when one of them is down
@@ -53,7 +54,7 @@ MANAGED_SERVERS=(
 )
 
 usage() {
-    sed -n '5,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '5,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -214,6 +215,7 @@ install_python_servers() {
 install_all() {
     install_tansu
     install_python_servers
+    "$REPO_ROOT/infra/chromium.sh"
 }
 
 # Names of the servers that this run of start_all launched, so it waits only for those.

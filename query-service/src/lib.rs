@@ -7,11 +7,13 @@
 //! - [`extract`]: path and query extractors that reject with that body.
 //! - [`cursor`]: the keyset cursor of the location history.
 //! - [`openapi`]: the OpenAPI document.
+//! - [`dashboard`]: the live map page at `/` and its assets.
 //! - [`live`]: live updates over Socket.IO, served on an address of their own.
 //! - [`read_your_writes`]: the middleware that delays a `/v1` request until the read models
 //!   have reached the position a command returned.
 
 pub mod cursor;
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod live;
@@ -105,6 +107,8 @@ pub struct AppState {
     pub events_topic: String,
     /// Maximum time a request waits for its minimum position.
     pub read_wait: Duration,
+    /// Address of this process's Socket.IO server, whose port the dashboard connects to.
+    pub socket_addr: SocketAddr,
 }
 
 impl AppState {
@@ -118,6 +122,7 @@ impl AppState {
             pool,
             events_topic: settings.events_topic(),
             read_wait: config.read_wait,
+            socket_addr: config.socket_addr,
         })
     }
 }
@@ -138,6 +143,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/openapi.json", get(openapi::openapi_json))
         .merge(v1_routes(state.clone()))
+        .merge(dashboard::router(state.socket_addr.port()))
         .with_state(state)
         .layer(middleware)
 }

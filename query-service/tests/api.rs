@@ -69,6 +69,7 @@ where
         pool: database.pool.clone(),
         events_topic: TOPIC.to_owned(),
         read_wait,
+        socket_addr: "127.0.0.1:8091".parse().expect("socket address"),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("address"));

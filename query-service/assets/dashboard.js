@@ -1,0 +1,531 @@
+// Live map of Meridian. Loads the latest location of every user from the query service,
+// subscribes to location updates of the whole world over Socket.IO after the snapshot's
+// position, and draws each user's latest position with a short trail.
+(() => {
+  "use strict";
+
+  const WORLD_BBOX = [-180, -90, 180, 90];
+  // Positions kept per user for the trail, the latest included.
+  const TRAIL_LENGTH = 8;
+  // Share of the data's extent added on each side of the map.
+  const MARGIN_FRACTION = 0.08;
+  // Smallest extent shown, in degrees, so that a single user is not drawn at infinite zoom.
+  const MIN_SPAN_DEGREES = 0.01;
+  // A dot updated within this time is drawn larger.
+  const HIGHLIGHT_MS = 1500;
+  // Rows of the user list; the rest are counted but not listed.
+  const MAX_LISTED_USERS = 200;
+  // Concurrent GET /v1/users/{id} requests for the names of users first seen in an update.
+  const NAME_REQUESTS = 4;
+  const SNAPSHOT_RETRY_MS = [1000, 2000, 5000, 10000, 30000];
+
+  const elements = {
+    canvas: document.getElementById("map"),
+    connection: document.getElementById("connection-state"),
+    connectionText: document.getElementById("connection-text"),
+    userCount: document.getElementById("user-count"),
+    updateCount: document.getElementById("update-count"),
+    lastPosition: document.getElementById("last-position"),
+    userList: document.getElementById("user-list"),
+    userListNote: document.getElementById("user-list-note"),
+  };
+
+  const state = {
+    // user_id -> { name, latitude, longitude, recordedAt, sequence, trail, updatedAt }
+    users: new Map(),
+    updates: 0,
+    // Position to pass as `after` when subscribing: the snapshot's, then that of the last
+    // update received (not the highest, because updates of different users may arrive out
+    // of position order).
+    resumeAfter: 0,
+    subscription: null,
+    loadingSnapshot: false,
+    nameQueue: [],
+    namesRequested: new Set(),
+    namesInFlight: 0,
+    renderQueued: false,
+  };
+
+  const socketPort = document
+    .querySelector('meta[name="meridian-socket-port"]')
+    .getAttribute("content");
+  const socket = io(`http://${location.hostname}:${socketPort}`, { autoConnect: false });
+
+  // ---- connection state -------------------------------------------------------------
+
+  function showConnection(name, text) {
+    elements.connection.dataset.state = name;
+    elements.connectionText.textContent = text;
+  }
+
+  // ---- snapshot -------------------------------------------------------------------
+
+  async function fetchSnapshot() {
+    const response = await fetch("/v1/locations/latest", { headers: { Accept: "application/json" } });
+    if (!response.ok) {
+      throw new Error(`GET /v1/locations/latest returned ${response.status}`);
+    }
+    return response.json();
+  }
+
+  // Replaces every user with the snapshot, retrying with growing delays while it fails.
+  async function loadSnapshot() {
+    state.loadingSnapshot = true;
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        const snapshot = await fetchSnapshot();
+        applySnapshot(snapshot);
+        state.loadingSnapshot = false;
+        return;
+      } catch (error) {
+        const delay = SNAPSHOT_RETRY_MS[Math.min(attempt, SNAPSHOT_RETRY_MS.length - 1)];
+        console.warn("loading the snapshot failed", error);
+        showConnection("error", `Snapshot failed, retrying in ${delay / 1000} s`);
+        await new Promise((resolve) => setTimeout(resolve, delay));
+      }
+    }
+  }
+
+  function applySnapshot(snapshot) {
+    const previous = state.users;
+    state.users = new Map();
+    for (const item of snapshot.locations) {
+      const user = previous.get(item.user_id) || { trail: [], updatedAt: 0 };
+      user.name = item.name;
+      user.latitude = item.latitude;
+      user.longitude = item.longitude;
+      user.recordedAt = item.recorded_at;
+      user.sequence = item.sequence;
+      addTrailPoint(user, item.longitude, item.latitude);
+      state.users.set(item.user_id, user);
+    }
+    state.resumeAfter = snapshot.position;
+    showPosition(snapshot.position);
+    scheduleRender();
+  }
+
+  // ---- subscription ---------------------------------------------------------------
+
+  function subscribe() {
+    const request = { topic: "area", bbox: WORLD_BBOX, after: state.resumeAfter };
+    socket.emit("subscribe", request, (reply) => {
+      if (!reply || !reply.ok) {
+        const message = reply && reply.error ? reply.error.message : "no reply";
+        console.error("subscribe was rejected", reply);
+        showConnection("error", `Subscription rejected: ${message}`);
+        return;
+      }
+      state.subscription = reply.subscription;
+      showConnection("live", "Live");
+    });
+  }
+
+  // The page holds at most one subscription at a time, so every update belongs to it, even
+  // one that arrives before the reply to `subscribe`.
+  function applyUpdate(update) {
+    state.updates += 1;
+    state.resumeAfter = update.position;
+    showPosition(update.position);
+    if (update.kind !== "location") {
+      scheduleRender();
+      return;
+    }
+
+    let user = state.users.get(update.user_id);
+    if (!user) {
+      user = { name: null, trail: [], updatedAt: 0 };
+      state.users.set(update.user_id, user);
+      requestName(update.user_id);
+    }
+    user.latitude = update.data.latitude;
+    user.longitude = update.data.longitude;
+    user.recordedAt = update.data.recorded_at;
+    user.sequence = update.sequence;
+    user.updatedAt = performance.now();
+    addTrailPoint(user, update.data.longitude, update.data.latitude);
+    scheduleRender();
+  }
+
+  // Ends the current subscription, reloads the snapshot and subscribes after its position.
+  async function resetFromSnapshot(reason) {
+    console.warn("subscription reset by the server:", reason);
+    state.subscription = null;
+    showConnection("connecting", "Reloading");
+    await loadSnapshot();
+    if (socket.connected) {
+      subscribe();
+    }
+  }
+
+  function addTrailPoint(user, longitude, latitude) {
+    const last = user.trail[user.trail.length - 1];
+    if (last && last.longitude === longitude && last.latitude === latitude) {
+      return;
+    }
+    user.trail.push({ longitude, latitude });
+    if (user.trail.length > TRAIL_LENGTH) {
+      user.trail.shift();
+    }
+  }
+
+  // ---- names of users first seen in an update ------------------------------------
+
+  function requestName(userId) {
+    if (state.namesRequested.has(userId)) {
+      return;
+    }
+    state.namesRequested.add(userId);
+    state.nameQueue.push(userId);
+    drainNameRequests();
+  }
+
+  function drainNameRequests() {
+    while (state.namesInFlight < NAME_REQUESTS && state.nameQueue.length > 0) {
+      const userId = state.nameQueue.shift();
+      state.namesInFlight += 1;
+      fetchName(userId)
+        .catch((error) => console.warn(`loading the name of user ${userId} failed`, error))
+        .finally(() => {
+          state.namesInFlight -= 1;
+          drainNameRequests();
+        });
+    }
+  }
+
+  async function fetchName(userId) {
+    const response = await fetch(`/v1/users/${encodeURIComponent(userId)}`);
+    if (!response.ok) {
+      throw new Error(`GET /v1/users/${userId} returned ${response.status}`);
+    }
+    const body = await response.json();
+    const user = state.users.get(userId);
+    if (user) {
+      user.name = body.name;
+      scheduleRender();
+    }
+  }
+
+  // ---- drawing --------------------------------------------------------------------
+
+  function scheduleRender() {
+    if (!state.renderQueued) {
+      state.renderQueued = true;
+      requestAnimationFrame(render);
+    }
+  }
+
+  function render() {
+    state.renderQueued = false;
+    elements.userCount.textContent = state.users.size.toLocaleString("en-US");
+    elements.updateCount.textContent = state.updates.toLocaleString("en-US");
+    drawMap();
+    renderUserList();
+    // Keep drawing while a highlight fades out.
+    const now = performance.now();
+    for (const user of state.users.values()) {
+      if (now - user.updatedAt < HIGHLIGHT_MS) {
+        scheduleRender();
+        break;
+      }
+    }
+  }
+
+  function showPosition(position) {
+    elements.lastPosition.textContent = position.toLocaleString("en-US");
+  }
+
+  // Returns [minLon, minLat, maxLon, maxLat] around every user plus a margin, or the world
+  // when there is no user.
+  function dataExtent() {
+    if (state.users.size === 0) {
+      return WORLD_BBOX.slice();
+    }
+    let [minLon, minLat, maxLon, maxLat] = [Infinity, Infinity, -Infinity, -Infinity];
+    for (const user of state.users.values()) {
+      for (const point of user.trail) {
+        minLon = Math.min(minLon, point.longitude);
+        maxLon = Math.max(maxLon, point.longitude);
+        minLat = Math.min(minLat, point.latitude);
+        maxLat = Math.max(maxLat, point.latitude);
+      }
+    }
+    const lonMargin = Math.max((maxLon - minLon) * MARGIN_FRACTION, MIN_SPAN_DEGREES / 2);
+    const latMargin = Math.max((maxLat - minLat) * MARGIN_FRACTION, MIN_SPAN_DEGREES / 2);
+    return [minLon - lonMargin, minLat - latMargin, maxLon + lonMargin, maxLat + latMargin];
+  }
+
+  // Widens the extent along one axis so that a degree of longitude is cos(latitude) times
+  // as wide as a degree of latitude, as on the ground near the map's centre.
+  function fitAspect(extent, width, height) {
+    let [minLon, minLat, maxLon, maxLat] = extent;
+    const midLat = (minLat + maxLat) / 2;
+    const lonScale = Math.max(Math.cos((midLat * Math.PI) / 180), 0.1);
+    const groundWidth = (maxLon - minLon) * lonScale;
+    const groundHeight = maxLat - minLat;
+    if (groundWidth / groundHeight > width / height) {
+      const grow = (groundWidth * (height / width) - groundHeight) / 2;
+      minLat -= grow;
+      maxLat += grow;
+    } else {
+      const grow = (groundHeight * (width / height)) / lonScale - (maxLon - minLon);
+      minLon -= grow / 2;
+      maxLon += grow / 2;
+    }
+    return [minLon, minLat, maxLon, maxLat];
+  }
+
+  // Returns a step of 1, 2 or 5 times a power of ten that splits `span` into about `count`.
+  function tickStep(span, count) {
+    const raw = span / count;
+    const magnitude = 10 ** Math.floor(Math.log10(raw));
+    const fraction = raw / magnitude;
+    if (fraction < 1.5) return magnitude;
+    if (fraction < 3.5) return 2 * magnitude;
+    if (fraction < 7.5) return 5 * magnitude;
+    return 10 * magnitude;
+  }
+
+  function formatDegrees(value, decimals, positive, negative) {
+    const rounded = Number(value.toFixed(decimals));
+    if (rounded === 0) {
+      return `${(0).toFixed(decimals)}°`;
+    }
+    return `${Math.abs(rounded).toFixed(decimals)}°${rounded > 0 ? positive : negative}`;
+  }
+
+  function drawMap() {
+    const canvas = elements.canvas;
+    const ratio = window.devicePixelRatio || 1;
+    const cssWidth = canvas.clientWidth;
+    const cssHeight = canvas.clientHeight;
+    if (cssWidth === 0 || cssHeight === 0) {
+      return;
+    }
+    if (canvas.width !== Math.round(cssWidth * ratio) || canvas.height !== Math.round(cssHeight * ratio)) {
+      canvas.width = Math.round(cssWidth * ratio);
+      canvas.height = Math.round(cssHeight * ratio);
+    }
+    const context = canvas.getContext("2d");
+    context.setTransform(ratio, 0, 0, ratio, 0, 0);
+    context.clearRect(0, 0, cssWidth, cssHeight);
+
+    const plot = { left: 86, top: 16, right: cssWidth - 24, bottom: cssHeight - 44 };
+    const plotWidth = plot.right - plot.left;
+    const plotHeight = plot.bottom - plot.top;
+    const [minLon, minLat, maxLon, maxLat] = fitAspect(dataExtent(), plotWidth, plotHeight);
+    const x = (longitude) => plot.left + ((longitude - minLon) / (maxLon - minLon)) * plotWidth;
+    const y = (latitude) => plot.bottom - ((latitude - minLat) / (maxLat - minLat)) * plotHeight;
+
+    drawAxes(context, plot, [minLon, minLat, maxLon, maxLat], x, y);
+
+    context.save();
+    context.beginPath();
+    context.rect(plot.left, plot.top, plotWidth, plotHeight);
+    context.clip();
+    const now = performance.now();
+    for (const [userId, user] of state.users) {
+      drawUser(context, user, colorOf(userId), now, x, y);
+    }
+    context.restore();
+
+    if (state.users.size === 0) {
+      context.fillStyle = "#4b5563";
+      context.font = "15px system-ui, sans-serif";
+      context.textAlign = "center";
+      context.fillText("Waiting for locations", (plot.left + plot.right) / 2, (plot.top + plot.bottom) / 2);
+    }
+    canvas.setAttribute("aria-label", mapDescription([minLon, minLat, maxLon, maxLat]));
+  }
+
+  function drawAxes(context, plot, extent, x, y) {
+    const [minLon, minLat, maxLon, maxLat] = extent;
+    context.fillStyle = "#fbfcfd";
+    context.fillRect(plot.left, plot.top, plot.right - plot.left, plot.bottom - plot.top);
+    context.font = "12px system-ui, sans-serif";
+    context.lineWidth = 1;
+
+    const lonStep = tickStep(maxLon - minLon, Math.max(2, Math.floor((plot.right - plot.left) / 110)));
+    const lonDecimals = Math.max(0, -Math.floor(Math.log10(lonStep)));
+    context.textAlign = "center";
+    context.textBaseline = "top";
+    for (let lon = Math.ceil(minLon / lonStep) * lonStep; lon <= maxLon; lon += lonStep) {
+      const px = Math.round(x(lon)) + 0.5;
+      context.strokeStyle = "#e3e7ec";
+      context.beginPath();
+      context.moveTo(px, plot.top);
+      context.lineTo(px, plot.bottom);
+      context.stroke();
+      const label = formatDegrees(lon, lonDecimals, "E", "W");
+      const halfWidth = context.measureText(label).width / 2;
+      if (px - halfWidth >= 0 && px + halfWidth <= context.canvas.clientWidth) {
+        context.fillStyle = "#374151";
+        context.fillText(label, px, plot.bottom + 6);
+      }
+    }
+
+    const latStep = tickStep(maxLat - minLat, Math.max(2, Math.floor((plot.bottom - plot.top) / 70)));
+    const latDecimals = Math.max(0, -Math.floor(Math.log10(latStep)));
+    context.textAlign = "right";
+    context.textBaseline = "middle";
+    for (let lat = Math.ceil(minLat / latStep) * latStep; lat <= maxLat; lat += latStep) {
+      const py = Math.round(y(lat)) + 0.5;
+      context.strokeStyle = "#e3e7ec";
+      context.beginPath();
+      context.moveTo(plot.left, py);
+      context.lineTo(plot.right, py);
+      context.stroke();
+      context.fillStyle = "#374151";
+      context.fillText(formatDegrees(lat, latDecimals, "N", "S"), plot.left - 8, py);
+    }
+
+    context.strokeStyle = "#9aa4b2";
+    context.strokeRect(plot.left + 0.5, plot.top + 0.5, plot.right - plot.left - 1, plot.bottom - plot.top - 1);
+    context.fillStyle = "#4b5563";
+    context.textAlign = "center";
+    context.textBaseline = "bottom";
+    context.fillText("Longitude", (plot.left + plot.right) / 2, plot.bottom + 42);
+    context.save();
+    context.translate(12, (plot.top + plot.bottom) / 2);
+    context.rotate(-Math.PI / 2);
+    context.textBaseline = "middle";
+    context.fillText("Latitude", 0, 0);
+    context.restore();
+  }
+
+  function drawUser(context, user, color, now, x, y) {
+    const trail = user.trail;
+    for (let i = 1; i < trail.length; i += 1) {
+      context.strokeStyle = color;
+      context.globalAlpha = 0.15 + (0.7 * i) / trail.length;
+      context.lineWidth = 2;
+      context.beginPath();
+      context.moveTo(x(trail[i - 1].longitude), y(trail[i - 1].latitude));
+      context.lineTo(x(trail[i].longitude), y(trail[i].latitude));
+      context.stroke();
+    }
+    context.globalAlpha = 1;
+
+    const age = now - user.updatedAt;
+    const highlight = age < HIGHLIGHT_MS ? 1 - age / HIGHLIGHT_MS : 0;
+    const px = x(user.longitude);
+    const py = y(user.latitude);
+    if (highlight > 0) {
+      context.fillStyle = color;
+      context.globalAlpha = 0.25 * highlight;
+      context.beginPath();
+      context.arc(px, py, 5 + 9 * highlight, 0, 2 * Math.PI);
+      context.fill();
+      context.globalAlpha = 1;
+    }
+    context.fillStyle = color;
+    context.strokeStyle = "#ffffff";
+    context.lineWidth = 1.5;
+    context.beginPath();
+    context.arc(px, py, 4.5, 0, 2 * Math.PI);
+    context.fill();
+    context.stroke();
+  }
+
+  function mapDescription(extent) {
+    const [minLon, minLat, maxLon, maxLat] = extent.map((value) => value.toFixed(3));
+    if (state.users.size === 0) {
+      return "Map of the latest user positions; no locations yet";
+    }
+    return `Map of the latest positions of ${state.users.size} users, longitude ${minLon} to ${maxLon}, latitude ${minLat} to ${maxLat}`;
+  }
+
+  // Returns a stable colour for a user, dark enough to read on white.
+  function colorOf(userId) {
+    let hash = 0;
+    for (let i = 0; i < userId.length; i += 1) {
+      hash = (hash * 31 + userId.charCodeAt(i)) >>> 0;
+    }
+    return `hsl(${hash % 360}, 70%, 38%)`;
+  }
+
+  // ---- user list ------------------------------------------------------------------
+
+  function renderUserList() {
+    const users = [...state.users.entries()].sort(([, a], [, b]) => compareRecent(a, b));
+    const rows = users.slice(0, MAX_LISTED_USERS).map(([userId, user]) => userRow(userId, user));
+    elements.userList.replaceChildren(...rows);
+    elements.userListNote.textContent =
+      users.length > MAX_LISTED_USERS
+        ? `Most recent report first; showing ${MAX_LISTED_USERS} of ${users.length}.`
+        : "Most recent report first.";
+  }
+
+  function compareRecent(a, b) {
+    if (a.recordedAt === b.recordedAt) return 0;
+    return a.recordedAt < b.recordedAt ? 1 : -1;
+  }
+
+  function userRow(userId, user) {
+    const row = document.createElement("tr");
+    row.dataset.userId = userId;
+    if (!user.name) {
+      row.dataset.namePending = "true";
+    }
+    const name = document.createElement("td");
+    name.className = "name";
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = colorOf(userId);
+    swatch.setAttribute("aria-hidden", "true");
+    name.append(swatch, user.name || userId.slice(0, 8));
+    name.title = userId;
+    const recorded = document.createElement("td");
+    recorded.className = "time";
+    recorded.textContent = formatTime(user.recordedAt);
+    const positions = document.createElement("td");
+    positions.className = "number positions";
+    positions.textContent = user.sequence.toLocaleString("en-US");
+    row.append(name, recorded, positions);
+    return row;
+  }
+
+  // Formats an RFC 3339 timestamp as `YYYY-MM-DD HH:MM:SS` in UTC.
+  function formatTime(timestamp) {
+    const date = new Date(timestamp);
+    if (Number.isNaN(date.getTime())) {
+      return timestamp;
+    }
+    return date.toISOString().slice(0, 19).replace("T", " ");
+  }
+
+  // ---- start ----------------------------------------------------------------------
+
+  socket.on("connect", () => {
+    // After a reset the snapshot reload subscribes once it has the new position.
+    if (state.loadingSnapshot) {
+      return;
+    }
+    showConnection("connecting", "Subscribing");
+    subscribe();
+  });
+  socket.on("update", applyUpdate);
+  socket.on("reset", (message) => {
+    if (!state.loadingSnapshot) {
+      resetFromSnapshot(message && message.reason);
+    }
+  });
+  socket.on("disconnect", (reason) => {
+    state.subscription = null;
+    showConnection("disconnected", "Reconnecting");
+    // The client reconnects by itself, except when the server closed the connection.
+    if (reason === "io server disconnect") {
+      socket.connect();
+    }
+  });
+  socket.on("connect_error", (error) => {
+    console.warn("Socket.IO connection failed", error.message);
+    showConnection("disconnected", "Server unreachable, retrying");
+  });
+  window.addEventListener("resize", scheduleRender);
+
+  loadSnapshot().then(() => {
+    showConnection("connecting", "Connecting");
+    socket.connect();
+  });
+  scheduleRender();
+})();
