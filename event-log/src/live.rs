@@ -2,7 +2,7 @@
 //! transaction that folds an event, and that query services push to Socket.IO subscribers.
 //!
 //! After a commit the projection publishes the new rows as one JSON array on the Redis
-//! channel [`updates_channel`]. Redis is only the fast path: a query service that sees a gap
+//! channel [`updates_channel`]. Redis is only the fast path: a query service that finds a gap
 //! in `seq`, or lost its Redis connection, reads the missing rows from PostgreSQL with
 //! [`rows_after`]. `seq` numbers rows in commit order, so reading `seq > n` never misses a
 //! row that commits later.
@@ -13,7 +13,7 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-/// What a subscription can select an update by.
+/// The kind of an update, by which a subscription selects it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UpdateKind {
@@ -24,7 +24,7 @@ pub enum UpdateKind {
 }
 
 impl UpdateKind {
-    /// The value stored in `rm_updates.kind`.
+    /// Returns the value stored in `rm_updates.kind`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Location => "location",
@@ -41,7 +41,7 @@ impl UpdateKind {
     }
 }
 
-/// What a subscriber learns of one event.
+/// The part of an update that subscribers receive about its event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UpdateBody {
     /// Sequence of the event within its aggregate.
@@ -142,7 +142,7 @@ pub async fn append(
 }
 
 /// Blanks the updates of erased `users`: they keep their `seq` and position, so resuming
-/// from them still works, but no longer say anything about the user.
+/// from them still works, but their payload and coordinates are gone.
 pub async fn forget_users(
     connection: &mut PgConnection,
     users: &[Uuid],
@@ -161,7 +161,7 @@ pub async fn forget_users(
 }
 
 /// Deletes the updates committed before `cutoff` and records the highest deleted `seq`, so
-/// a client resuming from before it is told to fetch current state. The newest row always
+/// a resume from before it is rejected and the client reads current state instead. The newest row always
 /// stays, so the head keeps a position that clients can subscribe after. Returns how many
 /// rows were deleted.
 pub async fn prune(
@@ -188,14 +188,14 @@ pub async fn prune(
     Ok(u64::try_from(deleted).unwrap_or_default())
 }
 
-/// The current head: the highest `seq` assigned and the highest `seq` pruned.
+/// Reads the head: the highest `seq` assigned and the highest `seq` pruned.
 pub async fn head(connection: &mut PgConnection) -> Result<(i64, i64), sqlx::Error> {
     sqlx::query_as("SELECT seq, pruned_seq FROM rm_update_head")
         .fetch_one(connection)
         .await
 }
 
-/// Up to `limit` rows with `seq > after`, in `seq` order.
+/// Reads up to `limit` rows with `seq > after`, in `seq` order.
 pub async fn rows_after(
     connection: &mut PgConnection,
     after: i64,
@@ -212,7 +212,7 @@ pub async fn rows_after(
     rows.into_iter().map(StoredRow::into_update).collect()
 }
 
-/// Up to `limit` rows of one user with `seq > after`, in `seq` order.
+/// Reads up to `limit` rows of one user with `seq > after`, in `seq` order.
 pub async fn user_rows_after(
     connection: &mut PgConnection,
     user_id: Uuid,
@@ -233,7 +233,7 @@ pub async fn user_rows_after(
     rows.into_iter().map(StoredRow::into_update).collect()
 }
 
-/// The `seq` of the update of the event at `position`, if it is still retained.
+/// Looks up the `seq` of the update of the event at `position`, if it is still retained.
 pub async fn seq_of_position(
     connection: &mut PgConnection,
     position: i64,

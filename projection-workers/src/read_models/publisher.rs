@@ -58,7 +58,7 @@ impl LiveSettings {
         })
     }
 
-    /// How often old rows are deleted: a quarter of the retention, between 1 s and 60 s.
+    /// Returns how often old rows are deleted: a quarter of the retention, from 1 s to 60 s.
     fn prune_interval(&self) -> Duration {
         (self.retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
     }

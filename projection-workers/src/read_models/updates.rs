@@ -1,5 +1,5 @@
-//! What subscribers learn of each event: the live update that the read-models projection
-//! appends to `rm_updates` with the rows it folds (see `meridian_event_log::live`).
+//! The live update of each event, which the read-models projection appends to `rm_updates`
+//! with the rows it folds (see `meridian_event_log::live`).
 
 use meridian_domain::location::LocationEvent;
 use meridian_domain::profile::ProfileEvent;
@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 
 use crate::event::{AggregateEvent, ProjectedEvent};
 
-/// The update that `event` produces, or `None` for events no subscription shows
-/// (`PasswordChanged`: a password hash is never sent).
+/// Builds the update of `event`, or `None` for events no subscription shows
+/// (`PasswordChanged`, because a password hash is never sent).
 pub fn update_for(event: &ProjectedEvent) -> Option<NewUpdate> {
     let (kind, coordinates, data) = match &event.event {
         AggregateEvent::Location(LocationEvent::LocationRecorded {

@@ -61,8 +61,8 @@ impl Live {
     }
 }
 
-/// The Socket.IO service at `/socket.io/`, reachable from pages of any origin (the
-/// dashboard is served from the HTTP address, another origin), and its handle.
+/// Builds the Socket.IO service at `/socket.io/` and returns it with its handle. Pages of
+/// any origin may connect, because the dashboard comes from the HTTP address, another origin.
 pub fn router(live: Arc<Live>) -> (Router, SocketIo) {
     let (layer, io) = SocketIo::builder()
         .max_buffer_size(SOCKET_BUFFER)
