@@ -1,0 +1,223 @@
+//! Command line of `meridian-live-bench`: one subcommand per benchmark, each option with a
+//! default that matches the services `make up` starts.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "meridian-live-bench",
+    version,
+    about = "Measures live-update latency and idle Socket.IO capacity of running Meridian services"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send location commands at a paced rate and measure the time from each accepted
+    /// command to its update on a Socket.IO subscriber of the whole-world area.
+    Latency(LatencyOptions),
+    /// Open idle Socket.IO connections in steps and read the query service's resident memory
+    /// after each step.
+    Sockets(SocketOptions),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LatencyOptions {
+    /// Base URL of the command service.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub command_url: String,
+
+    /// Base URL of the query service's HTTP API, sampled for projection lag (GET /v1/stats).
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    pub query_url: String,
+
+    /// URL of the query service's Socket.IO endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:8091")]
+    pub socket_url: String,
+
+    /// Users to register before the load starts; commands go to them in turn, and a user
+    /// never has two commands in flight.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=5000))]
+    pub users: u32,
+
+    /// Location events per second to send, in total.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
+    pub rate: u32,
+
+    /// Reports per command: 1 sends single reports, more sends batches.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub batch: u32,
+
+    /// Seconds of load before the measurement starts; their updates are not measured.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=120))]
+    pub warmup_secs: u64,
+
+    /// Seconds of measured load.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub duration_secs: u64,
+
+    /// Seconds to wait after the load for updates still on their way.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub drain_secs: u64,
+
+    /// Registrations sent at once (each hashes a password with argon2id).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub register_concurrency: u32,
+
+    /// Seconds before one HTTP request times out.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
+    pub request_timeout_secs: u64,
+
+    /// PostgreSQL URL of the services' database. When set, the event's store time and the
+    /// projection's commit time split the latency into stages.
+    #[arg(long, env = "MERIDIAN_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Directory of the Node.js scripts and their node_modules.
+    #[arg(long, default_value = "e2e/js")]
+    pub js_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SocketOptions {
+    /// URL of the query service's Socket.IO endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:8091")]
+    pub socket_url: String,
+
+    /// Process id of the query service whose memory is read. Without it, the id is read
+    /// from --pid-file.
+    #[arg(long)]
+    pub pid: Option<u32>,
+
+    /// File holding the query service's process id, as infra/services.sh writes it.
+    #[arg(long, default_value = ".stack/run/query-service.pid")]
+    pub pid_file: PathBuf,
+
+    /// Total open sockets after each step, in increasing order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000,5000,10000",
+        value_parser = clap::value_parser!(u32).range(1..=100_000)
+    )]
+    pub steps: Vec<u32>,
+
+    /// Sockets held by one Node.js process; more start further processes. Keep it below
+    /// the open-file limit (`ulimit -n`).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=60_000))]
+    pub sockets_per_process: u32,
+
+    /// Connections each Node.js process opens at once.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub parallel: u32,
+
+    /// Seconds to wait after each step before reading memory.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=120))]
+    pub settle_secs: u64,
+
+    /// Seconds one step may take to open its sockets.
+    #[arg(long, default_value_t = 180, value_parser = clap::value_parser!(u64).range(1..=1800))]
+    pub step_timeout_secs: u64,
+
+    /// Directory of the Node.js scripts and their node_modules.
+    #[arg(long, default_value = "e2e/js")]
+    pub js_dir: PathBuf,
+}
+
+impl SocketOptions {
+    /// Checks what clap cannot: the steps must increase.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.steps.is_empty() {
+            anyhow::bail!("--steps must name at least one socket count");
+        }
+        if let Some(pair) = self.steps.windows(2).find(|pair| pair[0] >= pair[1]) {
+            anyhow::bail!(
+                "--steps must increase, but {} is followed by {}",
+                pair[0],
+                pair[1]
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(arguments: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("meridian-live-bench").chain(arguments.iter().copied()))
+    }
+
+    fn rejection(arguments: &[&str]) -> String {
+        match parse(arguments) {
+            Ok(cli) => panic!("{arguments:?} was accepted as {cli:?}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn latency_defaults() {
+        let Command::Latency(options) = parse(&["latency"]).expect("defaults parse").command else {
+            panic!("latency parsed as another subcommand");
+        };
+        assert_eq!(options.users, 200);
+        assert_eq!(options.rate, 2000);
+        assert_eq!(options.batch, 10);
+        assert_eq!(options.warmup_secs, 5);
+        assert_eq!(options.duration_secs, 30);
+    }
+
+    #[test]
+    fn batch_above_command_limit_rejected() {
+        let message = rejection(&["latency", "--batch", "1001"]);
+        assert!(message.contains("--batch"), "{message}");
+    }
+
+    #[test]
+    fn zero_rate_rejected() {
+        let message = rejection(&["latency", "--rate", "0"]);
+        assert!(message.contains("--rate"), "{message}");
+    }
+
+    #[test]
+    fn unbounded_duration_rejected() {
+        let message = rejection(&["latency", "--duration-secs", "601"]);
+        assert!(message.contains("--duration-secs"), "{message}");
+    }
+
+    #[test]
+    fn steps_parse_as_list() {
+        let Command::Sockets(options) = parse(&["sockets", "--steps", "10,20"])
+            .expect("steps parse")
+            .command
+        else {
+            panic!("sockets parsed as another subcommand");
+        };
+        assert_eq!(options.steps, vec![10, 20]);
+        assert!(options.validate().is_ok());
+    }
+
+    #[test]
+    fn decreasing_steps_rejected() {
+        let Command::Sockets(options) = parse(&["sockets", "--steps", "20,10"])
+            .expect("steps parse")
+            .command
+        else {
+            panic!("sockets parsed as another subcommand");
+        };
+        let message = options.validate().expect_err("20,10 must fail").to_string();
+        assert!(message.contains("20 is followed by 10"), "{message}");
+    }
+
+    #[test]
+    fn non_numeric_step_rejected() {
+        let message = rejection(&["sockets", "--steps", "1000,many"]);
+        assert!(message.contains("--steps"), "{message}");
+    }
+}
