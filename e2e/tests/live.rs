@@ -11,6 +11,7 @@ use meridian_e2e::ais::{read_week_rows, write_unseen_file};
 use meridian_e2e::live::Subscriber;
 use meridian_e2e::{free_local_addr, Platform, Process};
 use serde_json::{json, Value};
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 const WEEK_FILE: &str = concat!(
@@ -44,14 +45,7 @@ async fn subscribers_receive_every_update_once_in_order() -> anyhow::Result<()> 
         "{replies:?}"
     );
 
-    let directory = tempdir()?;
-    let file = directory.join("slice.csv");
-    write_unseen_file(&file, &read_week_rows(WEEK_FILE.as_ref(), 800)?)?;
-    let import = tokio::spawn(import(
-        platform.command_url.clone(),
-        platform.query_url.clone(),
-        file,
-    ));
+    let (directory, import) = start_import(&platform, 800)?;
     let own_reports = 20;
     for minute in 0..own_reports {
         http.post(format!(
@@ -156,14 +150,7 @@ async fn reconnecting_to_the_other_replica_loses_and_repeats_nothing() -> anyhow
     let mut subscriber = Subscriber::start(&platform.socket_urls[0], &[whole_world()]).await?;
     subscriber.wait_subscribed(WAIT).await?;
 
-    let directory = tempdir()?;
-    let file = directory.join("slice.csv");
-    write_unseen_file(&file, &read_week_rows(WEEK_FILE.as_ref(), 1_500)?)?;
-    let import = tokio::spawn(import(
-        platform.command_url.clone(),
-        platform.query_url.clone(),
-        file,
-    ));
+    let (directory, import) = start_import(&platform, 1_500)?;
 
     subscriber.wait_for_updates(0, 100, WAIT).await?;
     subscriber.switch(&platform.socket_urls[1]).await?;
@@ -219,14 +206,7 @@ async fn subscribers_resume_without_loss_after_redis_restarts() -> anyhow::Resul
     first.wait_subscribed(WAIT).await?;
     second.wait_subscribed(WAIT).await?;
 
-    let directory = tempdir()?;
-    let file = directory.join("slice.csv");
-    write_unseen_file(&file, &read_week_rows(WEEK_FILE.as_ref(), 1_500)?)?;
-    let import = tokio::spawn(import(
-        platform.command_url.clone(),
-        platform.query_url.clone(),
-        file,
-    ));
+    let (directory, import) = start_import(&platform, 1_500)?;
 
     first.wait_for_updates(0, 100, WAIT).await?;
     redis.stop();
@@ -433,15 +413,26 @@ async fn record(
         .ok_or_else(|| anyhow::anyhow!("no position in {accepted}"))
 }
 
-async fn import(command_url: String, query_url: String, file: PathBuf) -> anyhow::Result<()> {
+/// Imports the first `rows` rows of the week file (with the invalid rows the importer must
+/// skip) in a task, and returns the directory of the file with the task.
+fn start_import(
+    platform: &Platform,
+    rows: usize,
+) -> anyhow::Result<(PathBuf, JoinHandle<anyhow::Result<()>>)> {
+    let directory = tempdir()?;
+    let file = directory.join("slice.csv");
+    write_unseen_file(&file, &read_week_rows(WEEK_FILE.as_ref(), rows)?)?;
     let mut options = meridian_importer::ImportOptions::new(&file);
-    options.command_url = command_url;
-    options.query_url = query_url;
+    options.command_url = platform.command_url.clone();
+    options.query_url = platform.query_url.clone();
     options.show_progress = false;
     options.wait_timeout = WAIT;
-    let report = meridian_importer::import(options).await?;
-    anyhow::ensure!(report.failed_vessels().is_empty(), "failed vessels");
-    Ok(())
+    let import = tokio::spawn(async move {
+        let report = meridian_importer::import(options).await?;
+        anyhow::ensure!(report.failed_vessels().is_empty(), "failed vessels");
+        Ok(())
+    });
+    Ok((directory, import))
 }
 
 /// Waits until `count` clients subscribe to `channel`.

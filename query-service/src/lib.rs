@@ -6,6 +6,7 @@
 //!   adds the request id to it.
 //! - [`extract`]: path and query extractors that reject with that body.
 //! - [`cursor`]: the keyset cursor of the location history.
+//! - [`geo`]: the bounding box of area filters.
 //! - [`openapi`]: the OpenAPI document.
 //! - [`dashboard`]: the live map page at `/` and its assets.
 //! - [`live`]: live updates over Socket.IO, served on an address of their own.
@@ -16,6 +17,7 @@ pub mod cursor;
 pub mod dashboard;
 pub mod error;
 pub mod extract;
+pub mod geo;
 pub mod live;
 pub mod openapi;
 pub mod read_your_writes;

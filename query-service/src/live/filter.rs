@@ -6,6 +6,8 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::geo::BoundingBox;
+
 /// Which updates a subscription receives.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Filter {
@@ -15,15 +17,6 @@ pub enum Filter {
     Area(BoundingBox),
     /// Every profile update of one user.
     UserProfile(Uuid),
-}
-
-/// A longitude and latitude range in degrees that does not cross the antimeridian.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BoundingBox {
-    pub min_longitude: f64,
-    pub min_latitude: f64,
-    pub max_longitude: f64,
-    pub max_latitude: f64,
 }
 
 impl Filter {
@@ -58,13 +51,6 @@ impl Filter {
             Self::UserProfile(user) => Some((*user, UpdateKind::Profile)),
             Self::Area(_) => None,
         }
-    }
-}
-
-impl BoundingBox {
-    fn contains(&self, latitude: f64, longitude: f64) -> bool {
-        (self.min_latitude..=self.max_latitude).contains(&latitude)
-            && (self.min_longitude..=self.max_longitude).contains(&longitude)
     }
 }
 
@@ -150,34 +136,8 @@ fn bounding_box(payload: &Value) -> Result<BoundingBox, RequestError> {
             .ok_or_else(|| RequestError::new("bbox", format!("{SHAPE}, all numbers")))?;
     }
     let [min_longitude, min_latitude, max_longitude, max_latitude] = numbers;
-    for longitude in [min_longitude, max_longitude] {
-        if !(-180.0..=180.0).contains(&longitude) {
-            return Err(RequestError::new(
-                "bbox",
-                format!("longitude {longitude} is outside -180..180"),
-            ));
-        }
-    }
-    for latitude in [min_latitude, max_latitude] {
-        if !(-90.0..=90.0).contains(&latitude) {
-            return Err(RequestError::new(
-                "bbox",
-                format!("latitude {latitude} is outside -90..90"),
-            ));
-        }
-    }
-    if min_longitude > max_longitude || min_latitude > max_latitude {
-        return Err(RequestError::new(
-            "bbox",
-            "each minimum must not exceed its maximum; a box across the antimeridian needs two subscriptions",
-        ));
-    }
-    Ok(BoundingBox {
-        min_longitude,
-        min_latitude,
-        max_longitude,
-        max_latitude,
-    })
+    BoundingBox::new(min_longitude, min_latitude, max_longitude, max_latitude)
+        .map_err(|reason| RequestError::new("bbox", reason))
 }
 
 #[cfg(test)]

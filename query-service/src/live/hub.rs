@@ -377,7 +377,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::live::filter::BoundingBox;
 
     fn location(user_id: Uuid) -> LiveUpdate {
         LiveUpdate {
@@ -404,12 +403,7 @@ mod tests {
     #[test]
     fn candidates_are_the_user_subscribers_and_every_area() {
         let (ada, bob) = (Uuid::new_v4(), Uuid::new_v4());
-        let world = BoundingBox {
-            min_longitude: -180.0,
-            min_latitude: -90.0,
-            max_longitude: 180.0,
-            max_latitude: 90.0,
-        };
+        let world = crate::geo::BoundingBox::WORLD;
         let mut state = State::default();
         state.insert(1, subscriber(Filter::UserLocations(ada)));
         state.insert(2, subscriber(Filter::UserLocations(bob)));

@@ -18,6 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::error::{ApiError, ErrorBody};
+use crate::geo::BoundingBox;
 use crate::AppState;
 
 /// Number of locations when `limit` is not given.
@@ -67,71 +68,32 @@ pub struct SnapshotQuery {
     pub limit: Option<String>,
 }
 
-/// A bounding box in degrees, with `min <= max` on both axes.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BoundingBox {
-    pub min_longitude: f64,
-    pub min_latitude: f64,
-    pub max_longitude: f64,
-    pub max_latitude: f64,
-}
-
-impl BoundingBox {
-    /// Parses `min_lon,min_lat,max_lon,max_lat`, rejecting with a 400 that names `bbox`.
-    pub fn parse(raw: &str) -> Result<Self, ApiError> {
-        let invalid = |reason: String| ApiError::invalid_field("bbox", reason);
-
-        let parts: Vec<&str> = raw.split(',').collect();
-        let [min_longitude, min_latitude, max_longitude, max_latitude] = parts[..] else {
-            return Err(invalid(format!(
+/// Parses `min_lon,min_lat,max_lon,max_lat`, rejecting with a 400 that names `bbox`.
+pub fn parse_bbox(raw: &str) -> Result<BoundingBox, ApiError> {
+    let parts: Vec<&str> = raw.split(',').collect();
+    let [min_longitude, min_latitude, max_longitude, max_latitude] = parts[..] else {
+        return Err(ApiError::invalid_field(
+            "bbox",
+            format!(
                 "must be four numbers min_lon,min_lat,max_lon,max_lat, got {} values in {raw:?}",
                 parts.len()
-            )));
-        };
-        let min_longitude = parse_degrees("min_lon", min_longitude, 180.0)?;
-        let min_latitude = parse_degrees("min_lat", min_latitude, 90.0)?;
-        let max_longitude = parse_degrees("max_lon", max_longitude, 180.0)?;
-        let max_latitude = parse_degrees("max_lat", max_latitude, 90.0)?;
-
-        if min_longitude > max_longitude {
-            return Err(invalid(format!(
-                "min_lon {min_longitude} is greater than max_lon {max_longitude}; \
-                 the box may not cross the antimeridian"
-            )));
-        }
-        if min_latitude > max_latitude {
-            return Err(invalid(format!(
-                "min_lat {min_latitude} is greater than max_lat {max_latitude}"
-            )));
-        }
-        Ok(Self {
-            min_longitude,
-            min_latitude,
-            max_longitude,
-            max_latitude,
-        })
-    }
+            ),
+        ));
+    };
+    BoundingBox::new(
+        parse_degrees("min_lon", min_longitude)?,
+        parse_degrees("min_lat", min_latitude)?,
+        parse_degrees("max_lon", max_longitude)?,
+        parse_degrees("max_lat", max_latitude)?,
+    )
+    .map_err(|reason| ApiError::invalid_field("bbox", reason))
 }
 
-/// Parses one coordinate of the box and checks that it lies within `-limit..=limit`.
-fn parse_degrees(name: &str, raw: &str, limit: f64) -> Result<f64, ApiError> {
-    let value: f64 = raw
-        .trim()
+/// Parses one corner coordinate of the box; [`BoundingBox::new`] checks its range.
+fn parse_degrees(name: &str, raw: &str) -> Result<f64, ApiError> {
+    raw.trim()
         .parse()
-        .map_err(|_| ApiError::invalid_field("bbox", format!("{name} {raw:?} is not a number")))?;
-    if !value.is_finite() {
-        return Err(ApiError::invalid_field(
-            "bbox",
-            format!("{name} {raw:?} is not a finite number"),
-        ));
-    }
-    if !(-limit..=limit).contains(&value) {
-        return Err(ApiError::invalid_field(
-            "bbox",
-            format!("{name} {raw:?} is outside -{limit} to {limit}"),
-        ));
-    }
-    Ok(value)
+        .map_err(|_| ApiError::invalid_field("bbox", format!("{name} {raw:?} is not a number")))
 }
 
 fn parse_limit(raw: &str) -> Result<i64, ApiError> {
@@ -171,7 +133,7 @@ pub async fn get_latest_locations(
     query: Result<axum::extract::Query<SnapshotQuery>, QueryRejection>,
 ) -> Result<Json<LocationSnapshot>, ApiError> {
     let axum::extract::Query(query) = query.map_err(reject_query)?;
-    let bbox = query.bbox.as_deref().map(BoundingBox::parse).transpose()?;
+    let bbox = query.bbox.as_deref().map(parse_bbox).transpose()?;
     let limit = match query.limit.as_deref() {
         None => DEFAULT_LIMIT,
         Some(raw) => parse_limit(raw)?,
@@ -252,7 +214,7 @@ mod tests {
 
     #[test]
     fn bbox_parses_four_numbers() {
-        let bbox = BoundingBox::parse("-74.1, 40.6,-73.9,40.8").unwrap();
+        let bbox = parse_bbox("-74.1, 40.6,-73.9,40.8").unwrap();
         assert_eq!(
             bbox,
             BoundingBox {
@@ -266,8 +228,8 @@ mod tests {
 
     #[test]
     fn bbox_accepts_whole_world_and_single_point() {
-        assert!(BoundingBox::parse("-180,-90,180,90").is_ok());
-        assert!(BoundingBox::parse("5,5,5,5").is_ok());
+        assert!(parse_bbox("-180,-90,180,90").is_ok());
+        assert!(parse_bbox("5,5,5,5").is_ok());
     }
 
     #[test]
@@ -287,7 +249,7 @@ mod tests {
             "10,0,5,1",
             "0,10,1,5",
         ] {
-            assert_eq!(rejected_field(BoundingBox::parse(raw)), "bbox", "{raw:?}");
+            assert_eq!(rejected_field(parse_bbox(raw)), "bbox", "{raw:?}");
         }
     }
 
