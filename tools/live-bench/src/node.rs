@@ -23,6 +23,10 @@ pub struct NodeScript {
 impl NodeScript {
     /// Starts `node <js_dir>/<script> <config>` with `js_dir` as its working directory.
     pub fn start(js_dir: &Path, script: &str, config: &Value) -> anyhow::Result<Self> {
+        // Absolute, because node resolves the script path from its working directory.
+        let js_dir = js_dir
+            .canonicalize()
+            .with_context(|| format!("the script directory {} is not found", js_dir.display()))?;
         if !js_dir.join("node_modules/socket.io-client").is_dir() {
             bail!(
                 "{} has no node_modules/socket.io-client; run `npm ci` there, or point --js-dir \
@@ -33,7 +37,7 @@ impl NodeScript {
         let mut child = Command::new("node")
             .arg(js_dir.join(script))
             .arg(config.to_string())
-            .current_dir(js_dir)
+            .current_dir(&js_dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
