@@ -23,12 +23,12 @@ ifdef MERIDIAN_MOTO_PORT
 export MERIDIAN_KMS_ENDPOINT ?= http://127.0.0.1:$(MERIDIAN_MOTO_PORT)
 endif
 
-.PHONY: help up down demo import test lint status reset
+.PHONY: help up down demo import test lint status reset bench-live
 
 help: ## List the targets
 	@echo "Targets:"
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | \
-		awk -F ':.*## ' '{ printf "  make %-8s %s\n", $$1, $$2 }'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk -F ':.*## ' '{ printf "  make %-10s %s\n", $$1, $$2 }'
 
 up: ## Build the release binaries, start the local stack and the services
 	$(CARGO) build --release --workspace --bins
@@ -71,3 +71,17 @@ status: ## Show the state of the local stack and of the services
 reset: ## Stop everything and delete all data: the stack's data and the meridian database
 	infra/services.sh stop
 	infra/stack.sh reset
+
+# Addresses of the running services that `make bench-live` measures, as the services read them.
+BENCH_COMMAND_ADDR := $(or $(MERIDIAN_COMMAND_ADDR),127.0.0.1:8080)
+BENCH_QUERY_ADDR := $(or $(MERIDIAN_QUERY_ADDR),127.0.0.1:8081)
+BENCH_SOCKET_ADDR := $(or $(MERIDIAN_SOCKET_ADDR),127.0.0.1:8091)
+LIVE_BENCH := $(or $(CARGO_TARGET_DIR),target)/release/meridian-live-bench
+
+bench-live: ## Measure live-update latency and idle-socket memory of the running services
+	$(CARGO) build --release -p meridian-live-bench
+	$(LIVE_BENCH) latency --command-url http://$(BENCH_COMMAND_ADDR) \
+		--query-url http://$(BENCH_QUERY_ADDR) --socket-url http://$(BENCH_SOCKET_ADDR) \
+		$(LATENCY_ARGS)
+	$(LIVE_BENCH) sockets --socket-url http://$(BENCH_SOCKET_ADDR) \
+		--pid-file $(or $(MERIDIAN_STACK_DIR),.stack)/run/query-service.pid $(SOCKETS_ARGS)
