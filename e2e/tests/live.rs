@@ -138,6 +138,20 @@ async fn subscribers_receive_every_update_once_in_order() -> anyhow::Result<()> 
     assert_eq!(replies[0]["error"]["field"], "after");
     stranger.close().await?;
 
+    // One socket holds at most 64 subscriptions, however fast it asks for more.
+    let greedy_requests = vec![json!({ "topic": "user_locations", "user_id": user }); 65];
+    let mut greedy = Subscriber::start(&platform.socket_urls[0], &greedy_requests).await?;
+    let replies = greedy.wait_subscribed(WAIT).await?;
+    let accepted = replies.iter().filter(|reply| reply["ok"] == true).count();
+    let refused: Vec<_> = replies
+        .iter()
+        .filter(|reply| reply["ok"] == false)
+        .collect();
+    assert_eq!(accepted, 64, "{replies:?}");
+    assert_eq!(refused.len(), 1, "{replies:?}");
+    assert_eq!(refused[0]["error"]["code"], "too_many_subscriptions");
+    greedy.close().await?;
+
     platform.shut_down().await?;
     std::fs::remove_dir_all(directory)?;
     Ok(())

@@ -95,7 +95,7 @@
       user.latitude = item.latitude;
       user.longitude = item.longitude;
       user.recordedAt = item.recorded_at;
-      user.sequence = item.sequence;
+      user.sequence = Math.max(user.sequence || 0, item.sequence);
       addTrailPoint(user, item.longitude, item.latitude);
       state.users.set(item.user_id, user);
     }
@@ -137,12 +137,18 @@
       state.users.set(update.user_id, user);
       requestName(update.user_id);
     }
-    user.latitude = update.data.latitude;
-    user.longitude = update.data.longitude;
-    user.recordedAt = update.data.recorded_at;
-    user.sequence = update.sequence;
-    user.updatedAt = performance.now();
-    addTrailPoint(user, update.data.longitude, update.data.latitude);
+    // Every LocationRecorded event takes the next sequence of the user's track, so the
+    // highest sequence seen is the number of positions recorded.
+    user.sequence = Math.max(user.sequence || 0, update.sequence);
+    // A report recorded earlier than the one shown arrives late; it counts but does not
+    // move the dot back.
+    if (!user.recordedAt || Date.parse(update.data.recorded_at) >= Date.parse(user.recordedAt)) {
+      user.latitude = update.data.latitude;
+      user.longitude = update.data.longitude;
+      user.recordedAt = update.data.recorded_at;
+      user.updatedAt = performance.now();
+      addTrailPoint(user, update.data.longitude, update.data.latitude);
+    }
     scheduleRender();
   }
 

@@ -66,17 +66,35 @@ pub struct SubscribeRequest {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RequestError {
     pub code: &'static str,
-    pub field: String,
+    /// The field at fault, or `None` when the payload as a whole is.
+    pub field: Option<&'static str>,
     pub message: String,
 }
 
 impl RequestError {
-    fn new(field: &str, message: impl Into<String>) -> Self {
+    fn new(field: &'static str, message: impl Into<String>) -> Self {
         Self {
             code: "invalid_subscription",
-            field: field.to_owned(),
+            field: Some(field),
             message: message.into(),
         }
+    }
+
+    fn payload(message: impl Into<String>) -> Self {
+        Self {
+            field: None,
+            ..Self::new("", message)
+        }
+    }
+}
+
+/// Text of a client's value as an error message quotes it: at most 64 characters, so a
+/// huge value does not come back whole.
+fn quoted(raw: &str) -> String {
+    const MOST: usize = 64;
+    match raw.char_indices().nth(MOST) {
+        Some((end, _)) => format!("{:?}… ({} bytes)", &raw[..end], raw.len()),
+        None => format!("{raw:?}"),
     }
 }
 
@@ -84,7 +102,7 @@ impl SubscribeRequest {
     /// Checks a `subscribe` payload.
     pub fn parse(payload: &Value) -> Result<Self, RequestError> {
         let Some(fields) = payload.as_object() else {
-            return Err(RequestError::new("", "must be an object"));
+            return Err(RequestError::payload("the payload must be an object"));
         };
         let topic = fields
             .get("topic")
@@ -98,7 +116,10 @@ impl SubscribeRequest {
             other => {
                 return Err(RequestError::new(
                     "topic",
-                    format!("must be user_locations, area or user_profile, got {other:?}"),
+                    format!(
+                        "must be user_locations, area or user_profile, got {}",
+                        quoted(other)
+                    ),
                 ))
             }
         };
@@ -118,7 +139,8 @@ fn user_id(payload: &Value) -> Result<Uuid, RequestError> {
         .ok_or_else(|| RequestError::new("user_id", "is required for this topic"))?
         .as_str()
         .ok_or_else(|| RequestError::new("user_id", "must be a string"))?;
-    Uuid::parse_str(raw).map_err(|_| RequestError::new("user_id", format!("{raw:?} is not a UUID")))
+    Uuid::parse_str(raw)
+        .map_err(|_| RequestError::new("user_id", format!("{} is not a UUID", quoted(raw))))
 }
 
 fn bounding_box(payload: &Value) -> Result<BoundingBox, RequestError> {
@@ -165,7 +187,7 @@ mod tests {
         }
     }
 
-    fn rejected_field(payload: Value) -> String {
+    fn rejected_field(payload: Value) -> Option<&'static str> {
         SubscribeRequest::parse(&payload)
             .expect_err("the request is invalid")
             .field
@@ -216,45 +238,54 @@ mod tests {
         assert_eq!(parse(json!(null)).unwrap().after, None);
         assert_eq!(parse(json!(0)).unwrap().after, Some(0));
         assert_eq!(parse(json!(42)).unwrap().after, Some(42));
-        assert_eq!(parse(json!(-1)).unwrap_err().field, "after");
-        assert_eq!(parse(json!("42")).unwrap_err().field, "after");
-        assert_eq!(parse(json!(1.5)).unwrap_err().field, "after");
+        assert_eq!(parse(json!(-1)).unwrap_err().field, Some("after"));
+        assert_eq!(parse(json!("42")).unwrap_err().field, Some("after"));
+        assert_eq!(parse(json!(1.5)).unwrap_err().field, Some("after"));
+    }
+
+    #[test]
+    fn quoted_values_are_cut_short() {
+        let huge = "x".repeat(10_000);
+        let error = SubscribeRequest::parse(&json!({ "topic": huge })).unwrap_err();
+
+        assert!(error.message.len() < 200, "{}", error.message);
+        assert!(error.message.contains("10000 bytes"), "{}", error.message);
     }
 
     #[test]
     fn each_bad_field_is_named() {
-        assert_eq!(rejected_field(json!("area")), "");
-        assert_eq!(rejected_field(json!({})), "topic");
-        assert_eq!(rejected_field(json!({"topic": 3})), "topic");
-        assert_eq!(rejected_field(json!({"topic": "weather"})), "topic");
+        assert_eq!(rejected_field(json!("area")), None);
+        assert_eq!(rejected_field(json!({})), Some("topic"));
+        assert_eq!(rejected_field(json!({"topic": 3})), Some("topic"));
+        assert_eq!(rejected_field(json!({"topic": "weather"})), Some("topic"));
         assert_eq!(
             rejected_field(json!({"topic": "user_locations"})),
-            "user_id"
+            Some("user_id")
         );
         assert_eq!(
             rejected_field(json!({"topic": "user_profile", "user_id": "ship-7"})),
-            "user_id"
+            Some("user_id")
         );
-        assert_eq!(rejected_field(json!({"topic": "area"})), "bbox");
+        assert_eq!(rejected_field(json!({"topic": "area"})), Some("bbox"));
         assert_eq!(
             rejected_field(json!({"topic": "area", "bbox": [1, 2, 3]})),
-            "bbox"
+            Some("bbox")
         );
         assert_eq!(
             rejected_field(json!({"topic": "area", "bbox": [1, "2", 3, 4]})),
-            "bbox"
+            Some("bbox")
         );
         assert_eq!(
             rejected_field(json!({"topic": "area", "bbox": [-190, 0, 0, 10]})),
-            "bbox"
+            Some("bbox")
         );
         assert_eq!(
             rejected_field(json!({"topic": "area", "bbox": [0, -91, 10, 10]})),
-            "bbox"
+            Some("bbox")
         );
         assert_eq!(
             rejected_field(json!({"topic": "area", "bbox": [170, 0, -170, 10]})),
-            "bbox"
+            Some("bbox")
         );
     }
 }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use anyhow::Context;
 use axum::Router;
 use serde_json::{json, Value};
-use socketioxide::extract::{AckSender, Data, SocketRef, State};
+use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 use socketioxide::socket::Sid;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
@@ -27,6 +27,11 @@ use tower_http::cors::CorsLayer;
 use filter::SubscribeRequest;
 use hub::Hub;
 use subscription::Start;
+
+/// Subscriptions one socket may hold at a time. Each costs a task and a queue, and every
+/// update is sent once per matching subscription, so an unbounded number would let one
+/// client multiply the server's work.
+pub const MAX_SUBSCRIPTIONS_PER_SOCKET: usize = 64;
 
 /// Packets buffered per socket before an emit has to wait. A replay sends rows faster than
 /// a client reads them; the default of 128 would make it wait often.
@@ -52,6 +57,24 @@ impl Live {
 
     pub fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    /// Records subscription `id` of `socket`, or returns how many it holds when that is
+    /// already [`MAX_SUBSCRIPTIONS_PER_SOCKET`].
+    fn reserve(&self, socket: Sid, id: &str, cancel: &CancellationToken) -> Result<(), usize> {
+        let mut subscriptions = self.subscriptions();
+        let held = subscriptions.entry(socket).or_default();
+        if held.len() >= MAX_SUBSCRIPTIONS_PER_SOCKET {
+            return Err(held.len());
+        }
+        held.insert(id.to_owned(), cancel.clone());
+        Ok(())
+    }
+
+    fn release(&self, socket: Sid, id: &str) {
+        if let Some(held) = self.subscriptions().get_mut(&socket) {
+            held.remove(id);
+        }
     }
 
     fn subscriptions(&self) -> MutexGuard<'_, HashMap<Sid, HashMap<String, CancellationToken>>> {
@@ -104,10 +127,14 @@ async fn on_connect(socket: SocketRef) {
 
 async fn on_subscribe(
     socket: SocketRef,
-    Data(payload): Data<Value>,
+    TryData(payload): TryData<Value>,
     ack: AckSender,
     State(live): State<Arc<Live>>,
 ) {
+    let Ok(payload) = payload else {
+        send_ack(ack, &missing_payload("subscribe"));
+        return;
+    };
     let request = match SubscribeRequest::parse(&payload) {
         Ok(request) => request,
         Err(error) => {
@@ -115,50 +142,57 @@ async fn on_subscribe(
             return;
         }
     };
-    // Register before resolving and acknowledging, so that no row delivered meanwhile is
-    // missed; the replay and the live rows overlap, and the subscription skips repeats.
-    let hub = live.hub.clone();
-    let registration = hub.register(request.filter);
-    let start = match subscription::resolve(&hub, request.after).await {
-        Ok(Ok(start)) => start,
-        Ok(Err(not_retained)) => {
-            hub.unregister(registration.id);
-            send_ack(
-                ack,
-                &json!({ "ok": false, "error": {
-                    "code": "position_not_retained",
-                    "field": "after",
-                    "message": format!(
-                        "position {} is not among the retained updates; read current state and subscribe again",
-                        not_retained.position
-                    ),
-                }}),
-            );
-            return;
-        }
-        Err(error) => {
-            hub.unregister(registration.id);
-            tracing::warn!(%error, "cannot resolve a resume position");
-            send_ack(
-                ack,
-                &json!({ "ok": false, "error": {
-                    "code": "unavailable", "field": "after",
-                    "message": "the update history cannot be read now; try again",
-                }}),
-            );
-            return;
-        }
-    };
-
+    // Take a slot before anything awaits, so concurrent requests cannot pass the limit.
     let id = live
         .next_subscription
         .fetch_add(1, Ordering::Relaxed)
         .to_string();
     let cancel = CancellationToken::new();
-    live.subscriptions()
-        .entry(socket.id)
-        .or_default()
-        .insert(id.clone(), cancel.clone());
+    if let Err(held) = live.reserve(socket.id, &id, &cancel) {
+        send_ack(
+            ack,
+            &json!({ "ok": false, "error": {
+                "code": "too_many_subscriptions", "field": null,
+                "message": format!(
+                    "this socket holds {held} subscriptions, the most allowed; unsubscribe one first"
+                ),
+            }}),
+        );
+        return;
+    }
+
+    // Register before resolving and acknowledging, so that no row delivered meanwhile is
+    // missed; the replay and the live rows overlap, and the subscription skips repeats.
+    let hub = live.hub.clone();
+    let registration = hub.register(request.filter);
+    let refusal = match subscription::resolve(&hub, request.after).await {
+        Ok(Ok(start)) => Ok(start),
+        Ok(Err(not_retained)) => Err(json!({
+            "code": "position_not_retained",
+            "field": "after",
+            "message": format!(
+                "position {} is not among the retained updates; read current state and subscribe again",
+                not_retained.position
+            ),
+        })),
+        Err(error) => {
+            tracing::warn!(%error, "cannot resolve a resume position");
+            Err(json!({
+                "code": "unavailable", "field": "after",
+                "message": "the update history cannot be read now; try again",
+            }))
+        }
+    };
+    let start = match refusal {
+        Ok(start) => start,
+        Err(error) => {
+            hub.unregister(registration.id);
+            live.release(socket.id, &id);
+            send_ack(ack, &json!({ "ok": false, "error": error }));
+            return;
+        }
+    };
+
     let position = match start {
         Start::After { .. } => request.after.unwrap_or_default(),
         Start::Live => registration.position,
@@ -180,16 +214,24 @@ async fn on_subscribe(
 
 async fn on_unsubscribe(
     socket: SocketRef,
-    Data(payload): Data<Value>,
+    TryData(payload): TryData<Value>,
     ack: AckSender,
     State(live): State<Arc<Live>>,
 ) {
+    let Ok(payload) = payload else {
+        send_ack(ack, &missing_payload("unsubscribe"));
+        return;
+    };
     let Some(id) = payload.get("subscription").and_then(Value::as_str) else {
+        let message = if payload.get("subscription").is_some() {
+            "must be a string: the id that subscribe returned"
+        } else {
+            "is required: the id that subscribe returned"
+        };
         send_ack(
             ack,
             &json!({ "ok": false, "error": {
-                "code": "invalid_subscription", "field": "subscription",
-                "message": "is required: the id that subscribe returned",
+                "code": "invalid_subscription", "field": "subscription", "message": message,
             }}),
         );
         return;
@@ -218,6 +260,14 @@ async fn on_disconnect(socket: SocketRef, State(live): State<Arc<Live>>) {
     for cancel in running.into_iter().flat_map(HashMap::into_values) {
         cancel.cancel();
     }
+}
+
+/// The reply to an event sent without a payload, or with one that is not JSON.
+fn missing_payload(event: &str) -> Value {
+    json!({ "ok": false, "error": {
+        "code": "invalid_subscription", "field": null,
+        "message": format!("{event} needs one payload object"),
+    }})
 }
 
 fn send_ack(ack: AckSender, reply: &Value) {
