@@ -172,16 +172,6 @@ impl Platform {
         Ok(())
     }
 
-    /// Directory of the processes' log files.
-    pub fn log_dir(&self) -> &Path {
-        &self.log_dir
-    }
-
-    /// Stops a process with SIGTERM, as an operator would, waiting up to 10 s.
-    pub fn stop(&mut self, process: Process) {
-        self.terminate(process);
-    }
-
     /// Sends SIGKILL to a process and waits for it to exit.
     pub fn kill(&mut self, process: Process) -> anyhow::Result<()> {
         if let Some(mut child) = self.children.remove(&process) {
