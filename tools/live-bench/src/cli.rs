@@ -24,6 +24,10 @@ pub enum Command {
     /// Open idle Socket.IO connections in steps and read the query service's resident memory
     /// after each step.
     Sockets(SocketOptions),
+    /// Append location updates to `rm_updates` at a paced rate, publish them on Redis as the
+    /// projection does, and measure the time from each commit to its arrival at a Socket.IO
+    /// subscriber of every query service given. Needs no Kafka.
+    Fanout(FanoutOptions),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -81,6 +85,110 @@ pub struct LatencyOptions {
     /// Directory of the Node.js scripts and their node_modules.
     #[arg(long, default_value = "e2e/js")]
     pub js_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FanoutOptions {
+    /// PostgreSQL URL of the database that the query services read. The database is created
+    /// and migrated if it is missing; use one of its own, because the tool appends rows.
+    #[arg(long, env = "MERIDIAN_DATABASE_URL")]
+    pub database_url: String,
+
+    /// Redis URL on which the query services receive updates.
+    #[arg(
+        long,
+        env = "MERIDIAN_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/"
+    )]
+    pub redis_url: String,
+
+    /// Topic prefix of the query services; updates go to the Redis channel
+    /// `<prefix>updates`. No default, so that a run never publishes to another stack.
+    #[arg(long, env = "MERIDIAN_TOPIC_PREFIX")]
+    pub topic_prefix: String,
+
+    /// Socket.IO URLs, one per query-service replica, comma-separated. Each gets one
+    /// subscriber of the whole-world area.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8091",
+        num_args = 1..
+    )]
+    pub socket_url: Vec<String>,
+
+    /// Location updates per second, in total.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
+    pub rate: u32,
+
+    /// Milliseconds between two transactions; each appends the updates due in its tick.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub tick_ms: u64,
+
+    /// Fake users that take turns in the updates; each update is a random point in --bbox.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub users: u32,
+
+    /// Box the locations lie in, as min_lon,min_lat,max_lon,max_lat in degrees.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_hyphen_values = true,
+        default_value = "-74.3,40.5,-73.7,40.9"
+    )]
+    pub bbox: Vec<f64>,
+
+    /// Seconds of load before the measurement starts; their updates are not measured.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=120))]
+    pub warmup_secs: u64,
+
+    /// Seconds of measured load.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub duration_secs: u64,
+
+    /// Seconds to wait after the load for updates still on their way.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub drain_secs: u64,
+
+    /// Directory of the Node.js scripts and their node_modules.
+    #[arg(long, default_value = "e2e/js")]
+    pub js_dir: PathBuf,
+}
+
+impl FanoutOptions {
+    /// Checks what clap cannot: a non-empty prefix, at least one socket URL, and a box
+    /// inside the coordinate ranges with its minimum below its maximum.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.topic_prefix.is_empty() {
+            anyhow::bail!("--topic-prefix must not be empty; use the query services' prefix");
+        }
+        if self.socket_url.iter().any(|url| url.trim().is_empty()) {
+            anyhow::bail!("--socket-url must list at least one non-empty URL");
+        }
+        let &[min_lon, min_lat, max_lon, max_lat] = self.bbox.as_slice() else {
+            anyhow::bail!(
+                "--bbox must have 4 numbers (min_lon,min_lat,max_lon,max_lat), got {}",
+                self.bbox.len()
+            );
+        };
+        for (name, value, limit) in [
+            ("min_lon", min_lon, 180.0),
+            ("max_lon", max_lon, 180.0),
+            ("min_lat", min_lat, 90.0),
+            ("max_lat", max_lat, 90.0),
+        ] {
+            if !(-limit..=limit).contains(&value) {
+                anyhow::bail!("--bbox {name} must be within ±{limit} degrees, got {value}");
+            }
+        }
+        if min_lon >= max_lon || min_lat >= max_lat {
+            anyhow::bail!(
+                "--bbox minimum must be below maximum, got lon {min_lon}..{max_lon} and lat \
+                 {min_lat}..{max_lat}"
+            );
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -213,6 +321,97 @@ mod tests {
         };
         let message = options.validate().expect_err("20,10 must fail").to_string();
         assert!(message.contains("20 is followed by 10"), "{message}");
+    }
+
+    fn fanout(arguments: &[&str]) -> FanoutOptions {
+        let arguments = [
+            "fanout",
+            "--database-url",
+            "postgres://x/y",
+            "--topic-prefix",
+            "t.",
+        ]
+        .into_iter()
+        .chain(arguments.iter().copied())
+        .collect::<Vec<_>>();
+        match parse(&arguments).expect("fanout options parse").command {
+            Command::Fanout(options) => options,
+            other => panic!("fanout parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fanout_defaults_valid() {
+        let options = fanout(&[]);
+        assert_eq!(options.rate, 2000);
+        assert_eq!(options.tick_ms, 10);
+        assert_eq!(options.socket_url, vec!["http://127.0.0.1:8091"]);
+        assert!(options.validate().is_ok());
+    }
+
+    #[test]
+    fn fanout_socket_urls_parse_as_list() {
+        let options = fanout(&["--socket-url", "http://a:1,http://b:2"]);
+        assert_eq!(options.socket_url, vec!["http://a:1", "http://b:2"]);
+    }
+
+    #[test]
+    fn fanout_empty_prefix_rejected() {
+        let options = FanoutOptions {
+            topic_prefix: String::new(),
+            ..fanout(&[])
+        };
+        let message = options.validate().expect_err("empty prefix").to_string();
+        assert!(message.contains("--topic-prefix"), "{message}");
+    }
+
+    #[test]
+    fn fanout_empty_socket_url_rejected() {
+        let options = fanout(&["--socket-url", "http://a:1,"]);
+        let message = options.validate().expect_err("empty URL").to_string();
+        assert!(message.contains("--socket-url"), "{message}");
+    }
+
+    #[test]
+    fn fanout_inverted_box_rejected() {
+        let options = fanout(&["--bbox=10,0,5,1"]);
+        let message = options.validate().expect_err("inverted box").to_string();
+        assert!(message.contains("below maximum"), "{message}");
+    }
+
+    #[test]
+    fn fanout_latitude_out_of_range_rejected() {
+        let options = fanout(&["--bbox=0,-91,1,1"]);
+        let message = options.validate().expect_err("latitude -91").to_string();
+        assert!(message.contains("min_lat"), "{message}");
+    }
+
+    #[test]
+    fn fanout_box_of_three_numbers_rejected() {
+        let options = fanout(&["--bbox", "1,2,3"]);
+        let message = options.validate().expect_err("three numbers").to_string();
+        assert!(message.contains("got 3"), "{message}");
+    }
+
+    #[test]
+    fn fanout_negative_box_parses() {
+        let options = fanout(&["--bbox", "-10,-20,10,20"]);
+        assert_eq!(options.bbox, vec![-10.0, -20.0, 10.0, 20.0]);
+        assert!(options.validate().is_ok());
+    }
+
+    #[test]
+    fn fanout_zero_tick_rejected() {
+        let message = rejection(&[
+            "fanout",
+            "--database-url",
+            "postgres://x/y",
+            "--topic-prefix",
+            "t.",
+            "--tick-ms",
+            "0",
+        ]);
+        assert!(message.contains("--tick-ms"), "{message}");
     }
 
     #[test]

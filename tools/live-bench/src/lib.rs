@@ -1,8 +1,12 @@
 //! Benchmarks of the live updates that the query service pushes over Socket.IO, run against
-//! services that are already running (`make up`, or `infra/services.sh start`).
+//! services that are already running (`make up`, or `infra/services.sh start`; `fanout`
+//! needs only the query services).
 //!
 //! - [`latency`]: sends location commands at a paced rate and measures the time from each
 //!   accepted command to the matching update on a Socket.IO subscriber.
+//! - [`fanout`]: appends updates to `rm_updates` and publishes them on Redis as the
+//!   projection does, and measures the time from each commit to its Socket.IO subscribers,
+//!   without Kafka.
 //! - [`sockets`]: opens idle Socket.IO connections in steps and reads the query service's
 //!   resident memory after each step.
 //! - [`node`]: runs the Node.js scripts in `e2e/js` (the npm socket.io-client) that hold the
@@ -11,6 +15,7 @@
 //! - [`cli`]: the command line.
 
 pub mod cli;
+pub mod fanout;
 pub mod latency;
 pub mod node;
 pub mod sockets;
@@ -26,5 +31,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Latency(options) => latency::run(options).await,
         Command::Sockets(options) => sockets::run(options).await,
+        Command::Fanout(options) => fanout::run(options).await,
     }
 }
