@@ -112,8 +112,8 @@ pub async fn run(options: FanoutOptions) -> anyhow::Result<()> {
     check_complete(&results)
 }
 
-/// The projection's settings with this run's database, Redis and topic prefix, so the
-/// publisher sends on the channel that the query services read.
+/// Builds the projection's settings with this run's database, Redis and topic prefix, so
+/// the publisher sends on the channel that the query services read.
 fn publisher_settings(options: &FanoutOptions) -> anyhow::Result<Settings> {
     let mut settings = Settings::from_env().context("failed to read the MERIDIAN_* settings")?;
     settings.database_url = options.database_url.clone();

@@ -69,7 +69,7 @@ pub struct Committed {
     pub committed_ms: f64,
 }
 
-/// What the writer appended.
+/// The measured updates of a run, with counts and timings of its transactions.
 #[derive(Debug, Default)]
 pub struct WriteOutcome {
     /// Updates of the measured window, in commit order.
@@ -109,7 +109,7 @@ impl Users {
     }
 }
 
-/// The writer's settings that do not change during a run.
+/// A paced writer: its connection pool, publisher, schedule, users and box.
 pub struct Writer<'a> {
     pub pool: &'a PgPool,
     pub publisher: &'a Publisher,
