@@ -109,7 +109,7 @@ impl BatchHandler for ReadModelHandler {
     }
 }
 
-/// What one committed batch did.
+/// The result of one committed batch.
 #[derive(Debug, Default)]
 pub struct AppliedBatch {
     pub outcome: BatchOutcome,

@@ -3,8 +3,8 @@
 //!
 //! Publishing never holds up the projection: batches go through a bounded queue to one task
 //! that owns the Redis connection. When Redis is down or the queue is full, updates are
-//! dropped here; query services notice the gap in `seq` or the silence and read the rows
-//! from `rm_updates` instead, so subscribers get them later but still get them.
+//! dropped here. Query services then find a gap in `seq`, or time out waiting, and read the
+//! rows from `rm_updates`, so subscribers get them later but still get them.
 
 use std::time::Duration;
 

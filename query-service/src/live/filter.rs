@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::geo::BoundingBox;
 
-/// Which updates a subscription receives.
+/// The selection of updates that a subscription receives.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Filter {
     /// Every location update of one user.
@@ -20,7 +20,7 @@ pub enum Filter {
 }
 
 impl Filter {
-    /// Whether `update` belongs to this subscription. Blanked updates of erased users
+    /// Returns whether `update` belongs to this subscription. Blanked updates of erased users
     /// belong to none.
     pub fn matches(&self, update: &LiveUpdate) -> bool {
         if update.body.is_none() {
@@ -43,8 +43,8 @@ impl Filter {
         }
     }
 
-    /// The user whose updates alone this filter selects, if any: its backlog can be read
-    /// through the `(user_id, seq)` index.
+    /// Returns the user whose updates alone this filter selects, if any, so that its backlog
+    /// can be read through the `(user_id, seq)` index.
     pub fn user(&self) -> Option<(Uuid, UpdateKind)> {
         match self {
             Self::UserLocations(user) => Some((*user, UpdateKind::Location)),
@@ -91,8 +91,8 @@ impl RequestError {
 /// Text of a client's value as an error message quotes it: at most 64 characters, so a
 /// huge value does not come back whole.
 fn quoted(raw: &str) -> String {
-    const MOST: usize = 64;
-    match raw.char_indices().nth(MOST) {
+    const MAX_CHARS: usize = 64;
+    match raw.char_indices().nth(MAX_CHARS) {
         Some((end, _)) => format!("{:?}… ({} bytes)", &raw[..end], raw.len()),
         None => format!("{raw:?}"),
     }
@@ -208,7 +208,7 @@ mod tests {
     }
 
     #[test]
-    fn user_filter_skips_other_users_kinds_and_erased_rows() {
+    fn user_filter_skips_other_rows() {
         let user = Uuid::new_v4();
         let filter = SubscribeRequest::parse(&json!({
             "topic": "user_locations", "user_id": user.to_string(), "after": 5

@@ -116,7 +116,8 @@ pub struct Registration {
     pub updates: mpsc::Receiver<Arc<LiveUpdate>>,
 }
 
-/// Where the hub gets rows from, and how often it checks PostgreSQL when Redis is quiet.
+/// Settings of the hub: the Redis channel it reads rows from, and how often it reads
+/// PostgreSQL as well.
 #[derive(Debug, Clone)]
 pub struct HubSettings {
     pub redis_url: String,
@@ -177,7 +178,7 @@ impl Hub {
         Ok(hub)
     }
 
-    /// The pool that subscriptions read their backlog from.
+    /// Returns the pool that subscriptions read their backlog from.
     pub fn pool(&self) -> &PgPool {
         &self.shared.pool
     }
@@ -207,7 +208,8 @@ impl Hub {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // Delivery never panics while holding the lock, so a poisoned state is still whole.
+        // The code under this lock only updates maps and sends without waiting, so a poisoned
+        // state is still consistent.
         self.shared
             .state
             .lock()

@@ -262,7 +262,7 @@ async fn on_disconnect(socket: SocketRef, State(live): State<Arc<Live>>) {
     }
 }
 
-/// The reply to an event sent without a payload, or with one that is not JSON.
+/// Builds the reply to an event sent without a payload, or with one that is not JSON.
 fn missing_payload(event: &str) -> Value {
     json!({ "ok": false, "error": {
         "code": "invalid_subscription", "field": null,

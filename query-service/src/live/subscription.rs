@@ -16,7 +16,7 @@ use super::hub::{Hub, Registration, PAGE};
 /// Wait before trying again when the socket's send buffer is full.
 const SEND_RETRY: Duration = Duration::from_millis(5);
 
-/// Where a subscription starts, once `after` is resolved.
+/// The starting point of a subscription, once `after` is resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
     /// With the rows delivered from now on.
@@ -25,7 +25,8 @@ pub enum Start {
     After { seq: i64 },
 }
 
-/// Why a resume cannot be served; the client must read current state instead.
+/// The error of a resume from a position that is no longer retained, so the client must read
+/// current state instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotRetained {
     pub position: i64,
