@@ -1,8 +1,11 @@
 //! Request extractors whose rejections use the API's error body.
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::header::CONTENT_TYPE;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request};
+use axum::http::header::{CONTENT_TYPE, USER_AGENT};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
@@ -10,9 +13,12 @@ use serde_json::error::Category;
 use uuid::Uuid;
 
 use super::error::ApiError;
+use crate::commands::Actor;
 
 /// Maximum size of a request body: a full batch of location reports fits with room to spare.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Maximum length of a stored `User-Agent`, in characters.
+pub const MAX_USER_AGENT_CHARS: usize = 256;
 
 /// A JSON request body. Malformed JSON and a wrong content type are 400 `invalid_request`;
 /// a missing, unknown or mistyped field is 422 `validation_failed` naming that field.
@@ -164,6 +170,49 @@ impl<S: Send + Sync> FromRequestParts<S> for UserId {
     }
 }
 
+/// The caller and network origin of a request, for the metadata of the events it stores.
+#[derive(Debug, Clone, Default)]
+pub struct RequestOrigin {
+    /// The [`Actor`] that the authentication layer put in the request extensions. None for
+    /// an anonymous request.
+    pub actor: Option<Actor>,
+    /// The peer IP address of the connection. It is None when the router runs without
+    /// `ConnectInfo`, as under `Router::oneshot` in tests. `X-Forwarded-For` is ignored,
+    /// because any client can set it.
+    pub client_addr: Option<String>,
+    /// The `User-Agent` header, cut to [`MAX_USER_AGENT_CHARS`] characters.
+    pub user_agent: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestOrigin {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
+        let client_addr = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            // An IPv4 client of a dual-stack listener shows up as ::ffff:a.b.c.d.
+            .map(|ConnectInfo(address)| address.ip().to_canonical().to_string());
+        let user_agent = parts
+            .headers
+            .get(USER_AGENT)
+            .map(|value| truncate_chars(&String::from_utf8_lossy(value.as_bytes())));
+        Ok(Self {
+            actor: parts.extensions.get::<Actor>().cloned(),
+            client_addr,
+            user_agent,
+        })
+    }
+}
+
+/// Returns the first [`MAX_USER_AGENT_CHARS`] characters of `text`.
+fn truncate_chars(text: &str) -> String {
+    match text.char_indices().nth(MAX_USER_AGENT_CHARS) {
+        Some((end, _)) => text[..end].to_owned(),
+        None => text.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,6 +300,18 @@ mod tests {
             "application/merge-patch+json".parse().unwrap(),
         );
         assert!(require_json_content_type(&headers).is_ok());
+    }
+
+    #[test]
+    fn long_user_agent_is_cut_to_max_chars() {
+        let agent = "é".repeat(MAX_USER_AGENT_CHARS + 10);
+        let cut = truncate_chars(&agent);
+        assert_eq!(cut.chars().count(), MAX_USER_AGENT_CHARS);
+    }
+
+    #[test]
+    fn short_user_agent_is_kept_whole() {
+        assert_eq!(truncate_chars("curl/8.5.0"), "curl/8.5.0");
     }
 
     #[test]

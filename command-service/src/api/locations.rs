@@ -12,7 +12,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{from_value, JsonBody, UserId};
+use super::extract::{from_value, JsonBody, RequestOrigin, UserId};
 use super::idempotency::IdempotencyKey;
 use super::{event_metadata, require_active_user, AppState};
 use crate::commands::{with_retries, Committed};
@@ -97,6 +97,7 @@ impl RecordLocationsResponse {
 pub async fn record_locations(
     State(state): State<AppState>,
     UserId(user_id): UserId,
+    origin: RequestOrigin,
     idempotency_key: Option<Extension<IdempotencyKey>>,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Json<RecordLocationsResponse>, ApiError> {
@@ -108,7 +109,7 @@ pub async fn record_locations(
         reports: without_repeats(reports),
         received_at,
     };
-    let metadata = event_metadata(idempotency_key, received_at);
+    let metadata = event_metadata(origin, idempotency_key, received_at);
 
     let (state, id, command, metadata) = (&state, &user_id, &command, &metadata);
     let committed = with_retries(&state.retry, move || async move {

@@ -12,6 +12,7 @@ pub mod profile;
 pub mod users;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +38,7 @@ use tracing::info;
 use utoipa::{OpenApi, ToSchema};
 
 use self::error::{current_request_id, with_request_id, ApiError, ErrorBody};
-use self::extract::MAX_BODY_BYTES;
+use self::extract::{RequestOrigin, MAX_BODY_BYTES};
 use self::idempotency::IdempotencyKey;
 use crate::commands::history::PgReportHistory;
 use crate::commands::{CommandError, EventMetadata, Executor, RetryPolicy};
@@ -170,7 +171,9 @@ pub async fn serve(
         .local_addr()
         .context("listener has no local address")?;
     info!(%address, "command service listening");
-    axum::serve(listener, router(state))
+    // ConnectInfo gives handlers the peer address that event metadata records.
+    let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(shutdown)
         .await
         .context("command service failed")?;
@@ -202,6 +205,7 @@ pub async fn run(
 
 /// Builds the metadata of the events a request stores.
 fn event_metadata(
+    origin: RequestOrigin,
     idempotency_key: Option<Extension<IdempotencyKey>>,
     received_at: DateTime<Utc>,
 ) -> EventMetadata {
@@ -209,6 +213,9 @@ fn event_metadata(
         request_id: current_request_id(),
         idempotency_key: idempotency_key.map(|Extension(IdempotencyKey(key))| key),
         received_at,
+        actor: origin.actor,
+        client_addr: origin.client_addr,
+        user_agent: origin.user_agent,
     }
 }
 

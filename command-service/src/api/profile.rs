@@ -20,11 +20,11 @@ use tracing::{debug, warn};
 use utoipa::ToSchema;
 
 use super::error::{current_request_id, ApiError, ErrorBody};
-use super::extract::{JsonBody, UserId};
+use super::extract::{JsonBody, RequestOrigin, UserId};
 use super::idempotency::IdempotencyKey;
 use super::users::StoredEventsResponse;
 use super::{event_metadata, require_active_user, AppState};
-use crate::commands::{with_retries, Committed};
+use crate::commands::{with_retries, Committed, EventMetadata};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -67,6 +67,7 @@ pub struct ImageRequest {
 pub async fn put_profile(
     State(state): State<AppState>,
     UserId(user_id): UserId,
+    origin: RequestOrigin,
     idempotency_key: Option<Extension<IdempotencyKey>>,
     JsonBody(request): JsonBody<PutProfileRequest>,
 ) -> Result<Json<StoredEventsResponse>, ApiError> {
@@ -77,7 +78,7 @@ pub async fn put_profile(
         .map(|image| ImageReference::parse("image", &image.uri, &image.content_type))
         .transpose()?;
     let command = ProfileCommand::Update { settings, image };
-    let metadata = event_metadata(idempotency_key, received_at);
+    let metadata = event_metadata(origin, idempotency_key, received_at);
 
     let (state, id, command, metadata) = (&state, &user_id, &command, &metadata);
     let committed = with_retries(&state.retry, move || async move {
@@ -212,6 +213,7 @@ impl IntoResponse for ImageUploadError {
 pub async fn put_profile_image(
     State(state): State<AppState>,
     UserId(user_id): UserId,
+    origin: RequestOrigin,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<PutProfileImageResponse>, ImageUploadError> {
@@ -229,7 +231,8 @@ pub async fn put_profile_image(
         uploaded_at: received_at,
     };
     let stored = store_envelope(&state.pool, &user_id, &image, &envelope).await?;
-    let committed = match upload_image(&state, &user_id, &image, received_at).await {
+    let metadata = event_metadata(origin, None, received_at);
+    let committed = match upload_image(&state, &user_id, &image, &metadata).await {
         Ok(committed) => committed,
         Err(error) => {
             if let StoredEnvelope::Inserted { at } = stored {
@@ -264,13 +267,12 @@ async fn upload_image(
     state: &AppState,
     user_id: &str,
     image: &EncryptedImage,
-    received_at: DateTime<Utc>,
+    metadata: &EventMetadata,
 ) -> Result<Committed, ApiError> {
     let command = ProfileCommand::UploadImage {
         image: image.clone(),
     };
-    let metadata = event_metadata(None, received_at);
-    let (command, metadata) = (&command, &metadata);
+    let command = &command;
     with_retries(&state.retry, move || async move {
         require_active_user(state, user_id).await?;
         state

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{JsonBody, UserId};
+use super::extract::{JsonBody, RequestOrigin, UserId};
 use super::idempotency::IdempotencyKey;
 use super::{event_metadata, AppState};
 use crate::commands::password::hash_password;
@@ -105,6 +105,7 @@ impl From<Committed> for StoredEventsResponse {
 )]
 pub async fn register_user(
     State(state): State<AppState>,
+    origin: RequestOrigin,
     idempotency_key: Option<Extension<IdempotencyKey>>,
     JsonBody(request): JsonBody<RegisterUserRequest>,
 ) -> Result<(StatusCode, Json<RegisterUserResponse>), ApiError> {
@@ -115,7 +116,7 @@ pub async fn register_user(
 
     let user_id = Uuid::new_v4().to_string();
     let password_hash = hash_password(request.password).await?;
-    let metadata = event_metadata(idempotency_key, received_at);
+    let metadata = event_metadata(origin, idempotency_key, received_at);
     let command = UserCommand::Register {
         email: email.clone(),
         name,
@@ -162,12 +163,13 @@ pub async fn register_user(
 pub async fn update_user(
     State(state): State<AppState>,
     UserId(user_id): UserId,
+    origin: RequestOrigin,
     idempotency_key: Option<Extension<IdempotencyKey>>,
     JsonBody(request): JsonBody<UpdateUserRequest>,
 ) -> Result<Json<StoredEventsResponse>, ApiError> {
     let received_at = Utc::now();
     let changes = UserChanges::parse(request)?;
-    let metadata = event_metadata(idempotency_key, received_at);
+    let metadata = event_metadata(origin, idempotency_key, received_at);
 
     let mut commands = Vec::with_capacity(4);
     if let Some(name) = changes.name {
@@ -227,10 +229,11 @@ pub async fn update_user(
 pub async fn erase_user(
     State(state): State<AppState>,
     UserId(user_id): UserId,
+    origin: RequestOrigin,
     idempotency_key: Option<Extension<IdempotencyKey>>,
 ) -> Result<Json<StoredEventsResponse>, ApiError> {
     let received_at = Utc::now();
-    let metadata = event_metadata(idempotency_key, received_at);
+    let metadata = event_metadata(origin, idempotency_key, received_at);
     let command = UserCommand::Erase { at: received_at };
     let (state, id, command, metadata) = (&state, &user_id, &command, &metadata);
     let committed = with_retries(&state.retry, move || async move {

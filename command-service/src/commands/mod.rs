@@ -38,6 +38,22 @@ pub mod metadata_keys {
     pub const RECEIVED_AT: &str = "received_at";
     /// A UUID per commit attempt, which shows whether a commit reported as a conflict was stored.
     pub const COMMIT_ID: &str = "commit_id";
+    /// The user id of the authenticated caller, absent for anonymous requests.
+    pub const ACTOR_ID: &str = "actor_id";
+    /// The role of the authenticated caller: `user`, `admin` or `analyst`.
+    pub const ACTOR_ROLE: &str = "actor_role";
+    /// The peer IP address of the HTTP connection, sealed with the key of the event's user.
+    pub const CLIENT_ADDR: &str = "client_addr";
+    /// The `User-Agent` header, sealed with the key of the event's user.
+    pub const USER_AGENT: &str = "user_agent";
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub user_id: String,
+    /// `user`, `admin` or `analyst`.
+    pub role: String,
 }
 
 /// The origin of a command, written as metadata on each event it stores.
@@ -46,11 +62,19 @@ pub struct EventMetadata {
     pub request_id: String,
     pub idempotency_key: Option<String>,
     pub received_at: DateTime<Utc>,
+    /// None for an anonymous request, such as an open registration.
+    pub actor: Option<Actor>,
+    /// The peer IP address of the HTTP connection, or None when the server did not record it.
+    pub client_addr: Option<String>,
+    /// The `User-Agent` header, cut to 256 characters.
+    pub user_agent: Option<String>,
 }
 
 impl EventMetadata {
+    /// Builds the map stored with each event. Client address and user agent are plaintext
+    /// here, and [`SealedRepository`] seals them before they reach PostgreSQL.
     fn to_map(&self, commit_id: Uuid) -> HashMap<String, String> {
-        let mut map = HashMap::with_capacity(4);
+        let mut map = HashMap::with_capacity(9);
         map.insert(
             metadata_keys::REQUEST_ID.to_owned(),
             self.request_id.clone(),
@@ -64,6 +88,16 @@ impl EventMetadata {
                 .to_rfc3339_opts(SecondsFormat::Micros, true),
         );
         map.insert(metadata_keys::COMMIT_ID.to_owned(), commit_id.to_string());
+        if let Some(actor) = &self.actor {
+            map.insert(metadata_keys::ACTOR_ID.to_owned(), actor.user_id.clone());
+            map.insert(metadata_keys::ACTOR_ROLE.to_owned(), actor.role.clone());
+        }
+        if let Some(address) = &self.client_addr {
+            map.insert(metadata_keys::CLIENT_ADDR.to_owned(), address.clone());
+        }
+        if let Some(agent) = &self.user_agent {
+            map.insert(metadata_keys::USER_AGENT.to_owned(), agent.clone());
+        }
         map
     }
 }

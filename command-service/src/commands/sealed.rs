@@ -1,23 +1,32 @@
 //! An event repository that seals personal data on the way into PostgreSQL and opens it on
 //! the way out, so aggregates decide on plaintext while the store holds only ciphertext.
 //!
-//! It wraps postgres-es's repository and changes two things per event: the personal fields
-//! of the payload (see `meridian_crypto::personal`) and, for `UserRegistered` and
-//! `EmailChanged`, a metadata entry `email_index` with the blind index of the new address.
-//! The event store's insert trigger moves that entry into `user_emails` and strips it
-//! from the stored metadata. Snapshots are sealed whole.
+//! It wraps postgres-es's repository and changes three things per event: the personal fields
+//! of the payload (see `meridian_crypto::personal`), the personal metadata entries
+//! ([`PERSONAL_METADATA`]) and, for `UserRegistered` and `EmailChanged`, a metadata entry
+//! `email_index` with the blind index of the new address. The event store's insert trigger
+//! moves that entry into `user_emails` and strips it from the stored metadata. Snapshots are
+//! sealed whole.
+//!
+//! Loading opens payloads only, because aggregates never read metadata; `GET /v1/audit`
+//! opens the metadata with [`open_metadata`].
 
 use cqrs_es::persist::{
     PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
 };
 use cqrs_es::Aggregate;
-use meridian_crypto::{CipherError, EventCipher, KeyError};
+use meridian_crypto::{CipherError, EventCipher, KeyError, UserKeys};
 use postgres_es::PostgresEventRepository;
 use serde_json::Value;
 use sqlx::PgPool;
 
+use super::metadata_keys;
+
 /// Metadata key the insert trigger reads the email blind index from.
 pub const EMAIL_INDEX_KEY: &str = "email_index";
+/// Metadata entries that are personal data. They are sealed like personal payload fields,
+/// with the key of the user the event belongs to, so erasing the user makes them unreadable.
+pub const PERSONAL_METADATA: [&str; 2] = [metadata_keys::CLIENT_ADDR, metadata_keys::USER_AGENT];
 /// Events in a replay stream buffered ahead of the reader.
 const REPLAY_QUEUE: usize = 256;
 
@@ -42,8 +51,15 @@ impl SealedRepository {
         }
     }
 
-    async fn seal(&self, event: &SerializedEvent) -> Result<SerializedEvent, PersistenceError> {
+    async fn seal(
+        &self,
+        event: &SerializedEvent,
+        last_metadata: &mut Option<SealedMetadata>,
+    ) -> Result<SerializedEvent, PersistenceError> {
         let mut sealed = event.clone();
+        sealed.metadata = self
+            .seal_personal_metadata(&event.aggregate_id, &event.metadata, last_metadata)
+            .await?;
         if let Some(email) = new_email(event) {
             let index = self.cipher.email_index(email).await.map_err(failure)?;
             if let Value::Object(metadata) = &mut sealed.metadata {
@@ -54,6 +70,42 @@ impl SealedRepository {
             .seal_event(&event.aggregate_id, &event.event_type, &mut sealed.payload)
             .await
             .map_err(failure)?;
+        Ok(sealed)
+    }
+
+    /// Returns `metadata` with its personal entries sealed. Every event of one commit carries
+    /// the same metadata, so the result for the previous event is reused when it matches.
+    async fn seal_personal_metadata(
+        &self,
+        aggregate_id: &str,
+        metadata: &Value,
+        last: &mut Option<SealedMetadata>,
+    ) -> Result<Value, PersistenceError> {
+        let has_personal = PERSONAL_METADATA
+            .iter()
+            .any(|key| metadata.get(key).is_some());
+        if !self.cipher.seals() || !has_personal {
+            return Ok(metadata.clone());
+        }
+        if let Some(last) = last.as_ref() {
+            if last.aggregate_id == aggregate_id && last.plaintext == *metadata {
+                return Ok(last.sealed.clone());
+            }
+        }
+
+        let keys = self
+            .cipher
+            .keyring()
+            .for_writing(aggregate_id)
+            .await
+            .map_err(|error| failure(error.into()))?;
+        let mut sealed = metadata.clone();
+        seal_metadata(&keys, &mut sealed).map_err(failure)?;
+        *last = Some(SealedMetadata {
+            aggregate_id: aggregate_id.to_owned(),
+            plaintext: metadata.clone(),
+            sealed: sealed.clone(),
+        });
         Ok(sealed)
     }
 
@@ -129,8 +181,9 @@ impl PersistedEventRepository for SealedRepository {
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
         let mut sealed = Vec::with_capacity(events.len());
+        let mut last_metadata = None;
         for event in events {
-            sealed.push(self.seal(event).await?);
+            sealed.push(self.seal(event, &mut last_metadata).await?);
         }
         let snapshot_update = match snapshot_update {
             Some((aggregate_id, state, version)) => {
@@ -210,6 +263,72 @@ impl PersistedEventRepository for SealedRepository {
         });
         Ok(stream)
     }
+}
+
+/// The metadata of the last event sealed in one `persist` call.
+struct SealedMetadata {
+    aggregate_id: String,
+    plaintext: Value,
+    sealed: Value,
+}
+
+/// Seals the [`PERSONAL_METADATA`] entries present in `metadata` with `keys`. Each entry
+/// becomes the sealed text of its JSON, under the label `metadata.<key>`, as a personal
+/// payload field becomes the sealed text of its JSON under `<event type>.<field>`.
+pub fn seal_metadata(keys: &UserKeys, metadata: &mut Value) -> Result<(), CipherError> {
+    let Some(entries) = metadata.as_object_mut() else {
+        return Ok(());
+    };
+    for key in PERSONAL_METADATA {
+        let Some(value) = entries.get_mut(key) else {
+            continue;
+        };
+        let label = metadata_label(key);
+        let plaintext = serde_json::to_vec(value).expect("a JSON value serializes");
+        let sealed = keys
+            .fields
+            .seal(&label, &plaintext)
+            .map_err(|source| CipherError::Seal {
+                field: label,
+                source,
+            })?;
+        *value = Value::String(sealed);
+    }
+    Ok(())
+}
+
+/// Opens the [`PERSONAL_METADATA`] entries present in stored `metadata` with `keys`.
+pub fn open_metadata(keys: &UserKeys, metadata: &mut Value) -> Result<(), CipherError> {
+    let Some(entries) = metadata.as_object_mut() else {
+        return Ok(());
+    };
+    for key in PERSONAL_METADATA {
+        let Some(value) = entries.get_mut(key) else {
+            continue;
+        };
+        let label = metadata_label(key);
+        let Value::String(sealed) = value else {
+            return Err(CipherError::NotSealed { field: label });
+        };
+        let plaintext = keys
+            .fields
+            .open(&label, sealed)
+            .map_err(|source| CipherError::Seal {
+                field: label.clone(),
+                source,
+            })?;
+        *value = serde_json::from_slice(&plaintext).map_err(|source| CipherError::Json {
+            field: label,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Returns the label a sealed metadata entry is bound to, such as `metadata.client_addr`. No
+/// event type is named `metadata`, so no payload field shares it.
+fn metadata_label(key: &str) -> String {
+    format!("metadata.{key}")
 }
 
 /// Returns the new address of an event that sets one.

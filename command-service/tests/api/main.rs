@@ -4,6 +4,7 @@ mod common;
 mod erase;
 mod idempotency;
 mod locations;
+mod origin_metadata;
 mod profile;
 mod profile_image;
 mod service;

@@ -29,7 +29,7 @@ fn envelope_with(header: &EnvelopeHeader, ciphertext_len: usize, filler: u8) -> 
     bytes
 }
 
-fn envelope(filler: u8) -> Vec<u8> {
+pub(crate) fn envelope(filler: u8) -> Vec<u8> {
     envelope_with(&passphrase_header(MediaType::Png), 256, filler)
 }
 
