@@ -37,7 +37,7 @@ pub struct ErrorBody {
     pub error: String,
     /// A sentence for people.
     pub message: String,
-    /// The rejected field, such as `email` or `reports[3].latitude`.
+    /// The rejected field or query parameter, such as `email`, `reports[3].latitude` or `limit`.
     pub field: Option<String>,
     /// The reason the field was rejected.
     pub reason: Option<String>,
@@ -56,6 +56,9 @@ pub enum ApiError {
     /// 400: the body is not JSON, or the content type is not JSON.
     #[error("{message}")]
     InvalidRequest { message: String },
+    /// 400: one query parameter is invalid, repeated or unknown.
+    #[error("invalid query parameter {}: {}", .0.field, .0.reason)]
+    InvalidParameter(FieldError),
     /// 413: the body exceeds the limit.
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
@@ -95,6 +98,10 @@ impl ApiError {
         Self::Validation(FieldError::new(field, reason))
     }
 
+    pub fn parameter(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidParameter(FieldError::new(name, reason))
+    }
+
     pub fn user_not_found(user_id: &str) -> Self {
         Self::NotFound {
             message: format!("user {user_id} not found"),
@@ -127,7 +134,7 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::InvalidRequest { .. } | Self::InvalidParameter(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -141,7 +148,7 @@ impl ApiError {
 
     fn code(&self) -> &'static str {
         match self {
-            Self::InvalidRequest { .. } => "invalid_request",
+            Self::InvalidRequest { .. } | Self::InvalidParameter(_) => "invalid_request",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::Validation(_) => "validation_failed",
             Self::NotFound { .. } => "not_found",
@@ -155,7 +162,9 @@ impl ApiError {
 
     fn body(&self) -> ErrorBody {
         let (field, reason) = match self {
-            Self::Validation(error) => (Some(error.field.clone()), Some(error.reason.clone())),
+            Self::Validation(error) | Self::InvalidParameter(error) => {
+                (Some(error.field.clone()), Some(error.reason.clone()))
+            }
             Self::Conflict { field, reason, .. } => (field.clone(), reason.clone()),
             _ => (None, None),
         };

@@ -2,8 +2,10 @@
 //!
 //! Every response carries an `x-request-id` header (generated when the request has none), and
 //! every error has the JSON body [`error::ErrorBody`]. Command routes accept an
-//! `Idempotency-Key` header ([`idempotency`]).
+//! `Idempotency-Key` header ([`idempotency`]). `GET /v1/audit` ([`audit`]) lists the stored
+//! events with who caused them.
 
+pub mod audit;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
@@ -82,7 +84,8 @@ impl AppState {
     info(
         title = "Meridian command API",
         description = "Commands that change users, profiles and locations. Each accepted command \
-                       returns the global position of the events it stored."
+                       returns the global position of the events it stored. The audit \
+                       lists who stored which event, when and from where."
     ),
     paths(
         users::register_user,
@@ -91,6 +94,7 @@ impl AppState {
         profile::put_profile,
         profile::put_profile_image,
         locations::record_locations,
+        audit::list_audit_entries,
         healthz,
         openapi_json,
     ),
@@ -121,6 +125,8 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .merge(commands)
+        // admin only: guard added with the auth layer
+        .route("/v1/audit", get(audit::list_audit_entries))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi_json))
         .fallback(route_not_found)

@@ -1,5 +1,6 @@
 //! Command API tests against the real PostgreSQL, each test in a database of its own.
 
+mod audit;
 mod common;
 mod erase;
 mod idempotency;

@@ -30,6 +30,7 @@ async fn openapi_lists_every_route() {
         ("/v1/users/{id}", "patch"),
         ("/v1/users/{id}/profile", "put"),
         ("/v1/users/{id}/locations", "post"),
+        ("/v1/audit", "get"),
         ("/healthz", "get"),
         ("/openapi.json", "get"),
     ] {

@@ -1,0 +1,28 @@
+-- no-transaction
+-- The first line above makes sqlx run this file outside a transaction, which
+-- CREATE INDEX CONCURRENTLY requires. For the same reason the file holds one statement.
+--
+-- GET /v1/audit filters events by `stored_at` (from, to). `events` is append-only and
+-- `stored_at` defaults to now(), the start of the storing transaction, so the physical order
+-- of the rows closely follows `stored_at`. A BRIN index then narrows a time range to a few
+-- block ranges while it keeps one small summary per 128 pages. It costs ingest almost
+-- nothing: an insert updates at most the summary of the last block range. CONCURRENTLY
+-- lets ingest go on while the index is built.
+--
+-- A block range filled after the build has no summary until a vacuum, and a query must read
+-- every range without one. Autovacuum runs on an insert-only table only after about 20% new
+-- rows (autovacuum_vacuum_insert_scale_factor), so without autosummarize the recent events
+-- that audits ask for most would be read in full. With it, autovacuum summarizes each range
+-- soon after it fills.
+--
+-- The other audit filters need no new index. `user_id` matches the primary key
+-- (aggregate_type, aggregate_id, sequence), and paging by `position` uses its unique index.
+-- `actor_id` is read from the metadata JSON of each scanned event. A btree on that
+-- expression would make every insert pay for a rare admin query, so an actor query without
+-- `from` and `to` reads the table in position order until it fills a page.
+--
+-- NOTE: when the build fails, PostgreSQL leaves an INVALID index of this name behind, and
+-- IF NOT EXISTS would then skip it. Drop it (DROP INDEX CONCURRENTLY events_stored_at_brin)
+-- before starting the service again.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS events_stored_at_brin ON events USING brin (stored_at)
+    WITH (autosummarize = on);
