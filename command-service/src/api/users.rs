@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use chrono::Utc;
 use meridian_domain::field::{check_password, Email, UserName};
-use meridian_domain::user::{UserCommand, UserError};
+use meridian_domain::user::{Role, UserCommand, UserError};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -121,6 +121,8 @@ pub async fn register_user(
         email: email.clone(),
         name,
         password_hash,
+        // Registration is open to anyone, so it never grants more than the user role.
+        role: Role::User,
         at: received_at,
     };
 
