@@ -573,3 +573,37 @@ async fn the_auth_routes_answer_cross_origin_preflights() {
     assert_eq!(preflight.header("access-control-allow-origin"), Some("*"));
     app.finish().await;
 }
+
+#[tokio::test]
+async fn bad_tokens_count_against_the_address_limit() {
+    let mut limits = Limits::generous();
+    limits.per_address.max = 3;
+    let app = TestApp::start_with_limits(limits).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(meridian_command_service::serve(
+        listener,
+        app.state.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let client = reqwest::Client::new();
+    let path = format!("{base}/v1/users/{}/locations", uuid::Uuid::new_v4());
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let response = client
+            .post(&path)
+            .bearer_auth("forged")
+            .json(&location_body())
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 429]);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    app.finish().await;
+}
