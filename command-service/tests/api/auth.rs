@@ -607,3 +607,36 @@ async fn bad_tokens_count_against_the_address_limit() {
     server.await.unwrap().unwrap();
     app.finish().await;
 }
+
+#[tokio::test]
+async fn sessions_survive_a_restart_of_the_service() {
+    let app = TestApp::start().await;
+    let (_, session) = user_session(&app, "ada@example.com").await;
+
+    // A new process: fresh state over the same database and key file, nothing in memory.
+    let settings = meridian_auth::AuthSettings {
+        limits: Limits::generous(),
+        ..meridian_auth::AuthSettings::from_vars(|_| None).unwrap()
+    };
+    let restarted = meridian_auth::Auth::with_keys(
+        &settings,
+        app.state.auth.tokens().keys().clone(),
+        app.pool.clone(),
+        &meridian_event_log::settings::var_or("MERIDIAN_REDIS_URL", "redis://127.0.0.1:6379/"),
+        &format!("test.{}.", uuid::Uuid::new_v4().simple()),
+    )
+    .unwrap();
+    let state = meridian_command_service::AppState::new(
+        app.pool.clone(),
+        app.state.cipher.clone(),
+        restarted,
+    );
+    let accounts = meridian_command_service::api::auth::UserAccounts(&state);
+    let refresh_token = session["refresh_token"].as_str().unwrap();
+    let renewed = state.auth.refresh(&accounts, refresh_token).await.unwrap();
+    assert_eq!(renewed.user_id, session["user_id"].as_str().unwrap());
+    // The token spent after the restart is spent for the old process too.
+    let reused = refresh(&app, &session["refresh_token"]).await;
+    assert_error(&reused, StatusCode::UNAUTHORIZED, "invalid_refresh_token");
+    app.finish().await;
+}
