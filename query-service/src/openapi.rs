@@ -2,6 +2,7 @@
 
 use utoipa::OpenApi;
 
+use crate::auth::openapi::BearerDocs;
 use crate::error::{ErrorBody, ReadProgress};
 use crate::read_your_writes::openapi::MinPositionDocs;
 use crate::routes::{health, location_snapshot, locations, stats, users};
@@ -11,8 +12,9 @@ use crate::routes::{health, location_snapshot, locations, stats, users};
     info(
         title = "Meridian query API",
         description = "Read models of Meridian: users, profiles, locations and projection lag. \
-                       Every error has the body ErrorBody and every response an x-request-id header. \
-                       Every /v1 route accepts X-Min-Position or min_position to read its own writes."
+                       Every error has the body ErrorBody and every response an \
+                       x-request-id header. Every /v1 route needs an access token of the command \
+                       service and accepts X-Min-Position or min_position to read its own writes."
     ),
     paths(
         health::healthz,
@@ -27,7 +29,7 @@ use crate::routes::{health, location_snapshot, locations, stats, users};
         openapi_json,
     ),
     components(schemas(ErrorBody, ReadProgress)),
-    modifiers(&MinPositionDocs),
+    modifiers(&MinPositionDocs, &BearerDocs),
     tags(
         (name = "users", description = "Users and profiles"),
         (name = "locations", description = "Latest location and location history"),
