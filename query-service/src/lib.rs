@@ -45,7 +45,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::routes::{health, location_snapshot, locations, stats, users};
+use crate::routes::{events, health, location_snapshot, locations, stats, users};
 
 /// Default listen address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8081";
@@ -219,6 +219,7 @@ fn v1_routes(state: AppState) -> Router<AppState> {
             get(location_snapshot::get_latest_locations),
         )
         .route("/v1/stats", get(stats::get_stats))
+        .route("/v1/events", get(events::list_events))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             read_your_writes::wait_for_min_position,
