@@ -172,6 +172,19 @@ mod tests {
     }
 
     #[test]
+    fn page_has_login_form() {
+        let page = render_page(8091, COMMAND_URL);
+        // The end-to-end test of the page fills these fields.
+        for id in ["login-form", "login-email", "login-password", "login-error"] {
+            assert!(page.contains(&format!(r#"id="{id}""#)), "no element {id}");
+        }
+        assert!(
+            page.contains(r#"type="password""#),
+            "password is not masked"
+        );
+    }
+
+    #[test]
     fn page_loads_only_local_files() {
         let page = render_page(8091, COMMAND_URL);
         // The command service's URL is where the login form posts to, not a file to load.
