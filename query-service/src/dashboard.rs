@@ -174,7 +174,7 @@ mod tests {
     #[test]
     fn page_has_login_form() {
         let page = render_page(8091, COMMAND_URL);
-        // The end-to-end test of the page fills these fields.
+        // Browser tests log in through these elements.
         for id in ["login-form", "login-email", "login-password", "login-error"] {
             assert!(page.contains(&format!(r#"id="{id}""#)), "no element {id}");
         }

@@ -106,8 +106,8 @@ impl Live {
 }
 
 /// Builds the Socket.IO service at `/socket.io/` and returns it with its handle. Pages of
-/// any origin may connect, because the dashboard comes from the HTTP address, another origin;
-/// the access token, not the origin, decides who may connect.
+/// any origin may connect, because the dashboard comes from the HTTP address, another origin.
+/// The access token, not the origin, decides who may connect.
 pub fn router(live: Arc<Live>) -> (Router, SocketIo) {
     let (layer, io) = SocketIo::builder()
         .max_buffer_size(SOCKET_BUFFER)
