@@ -53,6 +53,9 @@ pub struct EventPage {
     pub events: Vec<StoredEvent>,
     /// The `after` of the next page, or null when this page ends at the newest matching
     /// event.
+    // NOTE: positions are taken when a transaction inserts, not when it commits. An event
+    // of a slow transaction can appear below a position a client already paged past, and
+    // paging on with `after` then skips it.
     pub next_after: Option<i64>,
 }
 
