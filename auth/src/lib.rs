@@ -64,8 +64,8 @@ impl Caller {
             Role::Analyst if analysts_may => Ok(()),
             _ if self.user_id == user_id => Ok(()),
             _ => Err(AuthError::forbidden(format!(
-                "a {} may only access their own user; {user_id} is another user",
-                self.role
+                "only user {user_id} or an admin may access this user; the caller is user {}",
+                self.user_id
             ))),
         }
     }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderName, Method};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -148,7 +148,8 @@ pub fn router(state: AppState) -> Router {
             CorsLayer::new()
                 .allow_origin(Any)
                 .allow_methods([Method::POST])
-                .allow_headers([CONTENT_TYPE]),
+                .allow_headers([CONTENT_TYPE])
+                .expose_headers([RETRY_AFTER]),
         );
     // Authentication runs before the idempotency guard, so a stored response is only
     // replayed to the caller who sent the first request.
