@@ -330,6 +330,12 @@ impl Session {
         &self.credentials.email
     }
 
+    /// Returns the HTTP client the session logs in with, for building requests to send with
+    /// [`Session::execute`].
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     pub fn stats(&self) -> SessionStats {
         SessionStats {
             logins: self.logins.load(Ordering::Relaxed),
