@@ -32,10 +32,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use axum::body::{to_bytes, Body, Bytes};
-use axum::http::{Request, StatusCode};
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderValue, Request, StatusCode};
 use axum::Router;
 use chrono::{SecondsFormat, Utc};
 use clap::Parser;
+use meridian_auth::keys::{KeyFile, KeyStore};
 use meridian_command_service::commands::password::hash_password;
 use meridian_command_service::settings::DEFAULT_MAX_CONNECTIONS;
 use meridian_command_service::{router, AppState};
@@ -274,7 +276,34 @@ async fn run_mode(
     // The command service's default pool size, rather than the test helper's smaller one.
     let pool = meridian_event_log::database::connect(url, DEFAULT_MAX_CONNECTIONS).await?;
     let cipher = keys.event_cipher(pool.clone()).await?;
-    let app = router(AppState::new(pool.clone(), cipher));
+    // Every request acts as an admin, as the importer does; the limits are set out of reach.
+    let auth = meridian_auth::Auth::with_keys(
+        &meridian_auth::AuthSettings {
+            limits: meridian_auth::Limits::generous(),
+            ..meridian_auth::AuthSettings::from_vars(|_| None)?
+        },
+        Arc::new(KeyStore::fixed(&KeyFile::generate())?),
+        pool.clone(),
+        &meridian_event_log::settings::var_or("MERIDIAN_REDIS_URL", "redis://127.0.0.1:6379/"),
+        &format!("bench.{}.", uuid::Uuid::new_v4().simple()),
+    )?;
+    let token = auth
+        .tokens()
+        .issue(
+            &uuid::Uuid::new_v4().to_string(),
+            meridian_auth::Role::Admin,
+        )?
+        .token;
+    let bearer = HeaderValue::from_str(&format!("Bearer {token}"))?;
+    let app = router(AppState::new(pool.clone(), cipher, auth)).layer(
+        axum::middleware::map_request(move |mut request: Request<Body>| {
+            let bearer = bearer.clone();
+            async move {
+                request.headers_mut().insert(AUTHORIZATION, bearer);
+                request
+            }
+        }),
+    );
 
     eprintln!(
         "sealing {}: registering {} users",

@@ -1,4 +1,7 @@
-//! The `User` aggregate: identity, contact details and credentials of one user.
+//! The `User` aggregate: identity, contact details, credentials and role of one user.
+
+use std::fmt;
+use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
@@ -8,13 +11,74 @@ use serde::{Deserialize, Serialize};
 use crate::field::{Email, UserName};
 use crate::{FieldError, EVENT_VERSION};
 
+/// Permission level of a user. Every user starts as [`Role::User`], and `RoleChanged` events
+/// change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// May read and change only their own user, profile and locations.
+    #[default]
+    User,
+    /// May read and change every user.
+    Admin,
+    /// May read analytics and replay history, but change nothing.
+    Analyst,
+}
+
+impl Role {
+    /// Every role, in the order error messages list them.
+    pub const ALL: [Role; 3] = [Role::User, Role::Admin, Role::Analyst];
+
+    /// Returns the name that JSON, the read models and [`Role::from_str`] use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+            Role::Analyst => "analyst",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = FieldError;
+
+    /// Parses a role name exactly as [`Role::as_str`] writes it: lower case, no spaces.
+    fn from_str(raw: &str) -> Result<Self, FieldError> {
+        Role::ALL
+            .into_iter()
+            .find(|role| role.as_str() == raw)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Role::ALL.into_iter().map(Role::as_str).collect();
+                FieldError::new("role", format!("must be one of {}", names.join(", ")))
+            })
+    }
+}
+
+/// Parses a role name with the rules of [`Role::from_str`], for names read back from storage.
+impl TryFrom<String> for Role {
+    type Error = FieldError;
+
+    fn try_from(raw: String) -> Result<Self, FieldError> {
+        raw.parse()
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum UserCommand {
+    /// Registers the user. A role other than [`Role::User`] is stored as a `RoleChanged`
+    /// event right after `UserRegistered`, in the same commit.
     Register {
         email: Email,
         name: UserName,
         /// An argon2 PHC string; the plaintext never reaches the domain.
         password_hash: String,
+        role: Role,
         at: DateTime<Utc>,
     },
     ChangeName {
@@ -28,6 +92,9 @@ pub enum UserCommand {
     },
     Deactivate {
         at: DateTime<Utc>,
+    },
+    ChangeRole {
+        role: Role,
     },
     /// Erases the user. The event store destroys the user's data key in the transaction
     /// that stores the resulting event, so every earlier event of theirs becomes unreadable.
@@ -56,6 +123,10 @@ pub enum UserEvent {
     UserDeactivated {
         deactivated_at: DateTime<Utc>,
     },
+    /// Carries no personal data, so no field of it is sealed.
+    RoleChanged {
+        role: Role,
+    },
     /// Carries no personal data: it is the one event of the user that stays readable.
     UserErased {
         erased_at: DateTime<Utc>,
@@ -70,6 +141,7 @@ impl DomainEvent for UserEvent {
             Self::EmailChanged { .. } => "EmailChanged",
             Self::PasswordChanged { .. } => "PasswordChanged",
             Self::UserDeactivated { .. } => "UserDeactivated",
+            Self::RoleChanged { .. } => "RoleChanged",
             Self::UserErased { .. } => "UserErased",
         };
         name.to_owned()
@@ -103,6 +175,9 @@ pub struct User {
     pub password_hash: String,
     #[serde(default)]
     pub erased: bool,
+    /// Absent from snapshots taken before roles existed, which belong to users.
+    #[serde(default)]
+    pub role: Role,
 }
 
 impl User {
@@ -138,6 +213,7 @@ impl Aggregate for User {
                 email,
                 name,
                 password_hash,
+                role,
                 at,
             } => {
                 if self.erased {
@@ -146,12 +222,17 @@ impl Aggregate for User {
                 if self.registered {
                     return Err(UserError::AlreadyRegistered);
                 }
-                UserEvent::UserRegistered {
+                let registered = UserEvent::UserRegistered {
                     email: email.as_str().to_owned(),
                     name: name.as_str().to_owned(),
                     password_hash,
                     registered_at: at,
+                };
+                sink.write(registered, self).await;
+                if role == Role::User {
+                    return Ok(());
                 }
+                UserEvent::RoleChanged { role }
             }
             UserCommand::ChangeName { name } => {
                 self.require_active()?;
@@ -187,6 +268,13 @@ impl Aggregate for User {
                 }
                 UserEvent::UserDeactivated { deactivated_at: at }
             }
+            UserCommand::ChangeRole { role } => {
+                self.require_active()?;
+                if self.role == role {
+                    return Ok(());
+                }
+                UserEvent::RoleChanged { role }
+            }
             UserCommand::Erase { at } => {
                 if !self.registered {
                     return Err(UserError::NotFound);
@@ -219,6 +307,7 @@ impl Aggregate for User {
             UserEvent::EmailChanged { email } => self.email = email,
             UserEvent::PasswordChanged { password_hash } => self.password_hash = password_hash,
             UserEvent::UserDeactivated { .. } => self.active = false,
+            UserEvent::RoleChanged { role } => self.role = role,
             UserEvent::UserErased { .. } => {
                 *self = Self {
                     registered: true,
@@ -251,12 +340,21 @@ mod tests {
     }
 
     fn register_command() -> UserCommand {
+        register_command_as(Role::User)
+    }
+
+    fn register_command_as(role: Role) -> UserCommand {
         UserCommand::Register {
             email: Email::parse("email", "Vessel-1@AIS.example").unwrap(),
             name: UserName::parse("name", "SAMUEL I NEWHOUSE").unwrap(),
             password_hash: "$argon2id$hash".into(),
+            role,
             at: at(),
         }
+    }
+
+    fn role_changed(role: Role) -> UserEvent {
+        UserEvent::RoleChanged { role }
     }
 
     #[test]
@@ -385,5 +483,182 @@ mod tests {
             .given_no_previous_events()
             .when(UserCommand::Erase { at: at() })
             .then_expect_error(UserError::NotFound);
+    }
+
+    #[test]
+    fn register_as_admin_adds_role_event() {
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(register_command_as(Role::Admin))
+            .then_expect_events(vec![registered(), role_changed(Role::Admin)]);
+    }
+
+    #[test]
+    fn register_as_analyst_adds_role_event() {
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(register_command_as(Role::Analyst))
+            .then_expect_events(vec![registered(), role_changed(Role::Analyst)]);
+    }
+
+    #[test]
+    fn register_as_admin_twice_is_rejected() {
+        UserTest::with(())
+            .given(vec![registered(), role_changed(Role::Admin)])
+            .when(register_command_as(Role::Admin))
+            .then_expect_error(UserError::AlreadyRegistered);
+    }
+
+    #[test]
+    fn change_role_records_new_role() {
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(UserCommand::ChangeRole {
+                role: Role::Analyst,
+            })
+            .then_expect_events(vec![role_changed(Role::Analyst)]);
+    }
+
+    #[test]
+    fn change_role_back_to_user_records_it() {
+        UserTest::with(())
+            .given(vec![registered(), role_changed(Role::Admin)])
+            .when(UserCommand::ChangeRole { role: Role::User })
+            .then_expect_events(vec![role_changed(Role::User)]);
+    }
+
+    #[test]
+    fn change_to_default_role_stores_nothing() {
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(UserCommand::ChangeRole { role: Role::User })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn change_to_current_role_stores_nothing() {
+        UserTest::with(())
+            .given(vec![registered(), role_changed(Role::Admin)])
+            .when(UserCommand::ChangeRole { role: Role::Admin })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn change_role_of_unknown_user_is_rejected() {
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(UserCommand::ChangeRole { role: Role::Admin })
+            .then_expect_error(UserError::NotFound);
+    }
+
+    #[test]
+    fn deactivated_user_cannot_change_role() {
+        UserTest::with(())
+            .given(vec![
+                registered(),
+                UserEvent::UserDeactivated {
+                    deactivated_at: at(),
+                },
+            ])
+            .when(UserCommand::ChangeRole { role: Role::Admin })
+            .then_expect_error(UserError::Deactivated);
+    }
+
+    #[test]
+    fn erased_user_cannot_change_role() {
+        UserTest::with(())
+            .given(vec![
+                registered(),
+                UserEvent::UserErased { erased_at: at() },
+            ])
+            .when(UserCommand::ChangeRole { role: Role::Admin })
+            .then_expect_error(UserError::Erased);
+    }
+
+    #[test]
+    fn apply_keeps_latest_role() {
+        let mut user = User::default();
+        user.apply(registered());
+        assert_eq!(user.role, Role::User);
+
+        user.apply(role_changed(Role::Admin));
+        assert_eq!(user.role, Role::Admin);
+        user.apply(role_changed(Role::Analyst));
+        assert_eq!(user.role, Role::Analyst);
+    }
+
+    #[test]
+    fn erase_resets_role() {
+        let mut user = User::default();
+        user.apply(registered());
+        user.apply(role_changed(Role::Admin));
+
+        user.apply(UserEvent::UserErased { erased_at: at() });
+
+        assert_eq!(user.role, Role::User);
+    }
+
+    #[test]
+    fn role_change_event_type() {
+        let event = role_changed(Role::Admin);
+        assert_eq!(event.event_type(), "RoleChanged");
+        assert_eq!(event.event_version(), EVENT_VERSION);
+    }
+
+    #[test]
+    fn every_role_parses_from_its_name() {
+        for role in Role::ALL {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+            assert_eq!(role.to_string(), role.as_str());
+        }
+    }
+
+    #[test]
+    fn role_names_are_lowercase_words() {
+        let names: Vec<&str> = Role::ALL.into_iter().map(Role::as_str).collect();
+        assert_eq!(names, ["user", "admin", "analyst"]);
+    }
+
+    #[test]
+    fn unknown_role_is_rejected() {
+        for raw in ["root", "", "Admin", " admin", "admin "] {
+            let error = raw.parse::<Role>().unwrap_err();
+            assert_eq!(error.field, "role", "{raw:?}");
+            assert_eq!(
+                error.reason, "must be one of user, admin, analyst",
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn role_serializes_as_its_name() {
+        for role in Role::ALL {
+            let json = serde_json::to_value(role).unwrap();
+            assert_eq!(json, serde_json::json!(role.as_str()));
+            assert_eq!(serde_json::from_value::<Role>(json).unwrap(), role);
+        }
+    }
+
+    #[test]
+    fn role_change_payload_is_tagged() {
+        let payload = serde_json::to_value(role_changed(Role::Analyst)).unwrap();
+        assert_eq!(
+            payload,
+            serde_json::json!({"RoleChanged": {"role": "analyst"}})
+        );
+    }
+
+    #[test]
+    fn snapshot_without_role_loads_as_user() {
+        let snapshot = serde_json::json!({
+            "registered": true,
+            "active": true,
+            "email": "vessel-1@ais.example",
+            "name": "SAMUEL I NEWHOUSE",
+            "password_hash": "$argon2id$hash",
+        });
+        let user: User = serde_json::from_value(snapshot).unwrap();
+        assert_eq!(user.role, Role::User);
     }
 }

@@ -1,5 +1,7 @@
 //! The `analytics` projection: writes every `LocationRecorded` event into the MongoDB
 //! collection `location_events`, one document per event with the event id as `_id`.
+//! Other events, such as those of the `User` aggregate, add no document. The consumer skips
+//! an event type that this build cannot decode, and counts it as undecodable.
 //!
 //! Inserts are unordered and a duplicate key error (code 11000) means the event is
 //! already stored, so applying a batch again changes nothing. Kafka offsets are
@@ -252,7 +254,7 @@ fn only_duplicates(failure: &InsertManyError) -> bool {
 mod tests {
     use super::*;
     use chrono::{DateTime, Utc};
-    use meridian_domain::user::UserEvent;
+    use meridian_domain::user::{Role, UserEvent};
     use uuid::Uuid;
 
     fn event(domain_event: AggregateEvent) -> ProjectedEvent {
@@ -308,6 +310,14 @@ mod tests {
     fn user_event_has_no_document() {
         let event = event(AggregateEvent::User(UserEvent::NameChanged {
             name: "A".into(),
+        }));
+        assert!(location_document(&event).is_none());
+    }
+
+    #[test]
+    fn role_change_has_no_document() {
+        let event = event(AggregateEvent::User(UserEvent::RoleChanged {
+            role: Role::Admin,
         }));
         assert!(location_document(&event).is_none());
     }

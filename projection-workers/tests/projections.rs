@@ -8,12 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use cqrs_es::DomainEvent as _;
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate as _, DomainEvent as _};
 use meridian_crypto::testing::TestKeys;
 use meridian_crypto::EventCipher;
+use meridian_domain::field::{Email, UserName};
 use meridian_domain::location::LocationEvent;
 use meridian_domain::profile::{ImageReference, ProfileEvent};
-use meridian_domain::user::UserEvent;
+use meridian_domain::user::{Role, User, UserCommand, UserEvent};
 use meridian_event_log::testing::{settings_for, TestDatabase};
 use meridian_event_log::{EventMessage, Settings, StoredEvent};
 use meridian_projection_workers::analytics::{self, AnalyticsProjection};
@@ -357,6 +359,7 @@ struct UserRow {
     email: String,
     name: String,
     active: bool,
+    role: String,
     registered_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     last_sequence: i64,
@@ -365,7 +368,8 @@ struct UserRow {
 
 async fn user_row(pool: &PgPool, user_id: Uuid) -> UserRow {
     sqlx::query_as(
-        "SELECT email, name, active, registered_at, updated_at, last_sequence, last_position
+        "SELECT email, name, active, role, registered_at, updated_at, last_sequence,
+                last_position
          FROM rm_users WHERE user_id = $1",
     )
     .bind(user_id)
@@ -444,6 +448,7 @@ async fn read_models_fold_every_event_type() {
                 email: "ada@new.example".into(),
                 name: "Ada L".into(),
                 active: true,
+                role: "user".into(),
                 registered_at: time(0),
                 updated_at: messages[4].stored_at,
                 last_sequence: 4,
@@ -474,6 +479,117 @@ async fn read_models_fold_every_event_type() {
             (4, latest_event_id)
         );
         assert_eq!(stack.count("rm_location_history").await, 4);
+    })
+    .await;
+}
+
+/// Returns the events the `User` aggregate decides for `command` after `given`.
+async fn decide(given: Vec<UserEvent>, command: UserCommand) -> Vec<UserEvent> {
+    let mut user = User::default();
+    for event in given {
+        user.apply(event);
+    }
+    let sink = EventSink::default();
+    user.handle(command, &(), &sink)
+        .await
+        .expect("the command is accepted");
+    sink.collect().await
+}
+
+fn register_command(email: &str, role: Role) -> UserCommand {
+    UserCommand::Register {
+        email: Email::parse("email", email).unwrap(),
+        name: UserName::parse("name", "SAMUEL I NEWHOUSE").unwrap(),
+        password_hash: "$argon2id$hash".to_owned(),
+        role,
+        at: time(0),
+    }
+}
+
+/// Returns the `data` of the live updates of `user_id` for events of `event_type`, in
+/// commit order.
+async fn update_data(pool: &PgPool, user_id: Uuid, event_type: &str) -> Vec<Value> {
+    sqlx::query_scalar(
+        "SELECT payload -> 'data' FROM rm_updates
+         WHERE user_id = $1 AND payload ->> 'event_type' = $2
+         ORDER BY seq",
+    )
+    .bind(user_id)
+    .bind(event_type)
+    .fetch_all(pool)
+    .await
+    .expect("read rm_updates")
+}
+
+#[tokio::test]
+async fn read_models_follow_role_changes() {
+    with_stack(|stack| async move {
+        let mut log = EventLog::default();
+        let (ada, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let ada_registered = decide(vec![], register_command("ada@ais.example", Role::Admin)).await;
+        let bob_registered = decide(vec![], register_command("bob@ais.example", Role::User)).await;
+        assert_eq!(ada_registered.len(), 2, "{ada_registered:?}");
+        let mut registrations: Vec<EventMessage> = ada_registered
+            .iter()
+            .map(|event| log.user(ada, event.clone()))
+            .collect();
+        registrations.extend(
+            bob_registered
+                .iter()
+                .map(|event| log.user(bob, event.clone())),
+        );
+        stack.produce(&registrations).await;
+
+        let running = Running::read_models(&stack);
+        stack
+            .wait_until_consumed(read_models::PROJECTION, count(registrations.len()))
+            .await;
+        let ada_row = user_row(&stack.pool, ada).await;
+        assert_eq!(ada_row.role, "admin");
+        assert_eq!(ada_row.last_sequence, 2);
+        assert_eq!(user_row(&stack.pool, bob).await.role, "user");
+
+        let ada_demoted = decide(
+            ada_registered,
+            UserCommand::ChangeRole {
+                role: Role::Analyst,
+            },
+        )
+        .await;
+        let bob_promoted = decide(
+            bob_registered,
+            UserCommand::ChangeRole { role: Role::Admin },
+        )
+        .await;
+        let mut changes: Vec<EventMessage> = ada_demoted
+            .into_iter()
+            .map(|event| log.user(ada, event))
+            .collect();
+        changes.extend(bob_promoted.into_iter().map(|event| log.user(bob, event)));
+        stack.produce(&changes).await;
+        stack
+            .wait_until_consumed(
+                read_models::PROJECTION,
+                count(registrations.len() + changes.len()),
+            )
+            .await;
+        let counters = running.stop().await;
+
+        assert_eq!(counters.applied, 5);
+        assert_eq!(counters.undecodable, 0);
+        let ada_row = user_row(&stack.pool, ada).await;
+        assert_eq!(ada_row.role, "analyst");
+        assert_eq!(ada_row.last_sequence, 3);
+        assert_eq!(ada_row.last_position, changes[0].position);
+        assert_eq!(user_row(&stack.pool, bob).await.role, "admin");
+        assert_eq!(
+            update_data(&stack.pool, ada, "RoleChanged").await,
+            [json!({"role": "admin"}), json!({"role": "analyst"})]
+        );
+        assert_eq!(
+            update_data(&stack.pool, bob, "RoleChanged").await,
+            [json!({"role": "admin"})]
+        );
     })
     .await;
 }
@@ -763,6 +879,49 @@ async fn analytics_stores_location_documents() {
             first_fix.stored_at.timestamp_millis()
         );
         assert_eq!(document.get_str("event_type").unwrap(), "LocationRecorded");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn analytics_skips_user_and_unknown_events() {
+    with_stack(|stack| async move {
+        let mut log = EventLog::default();
+        let user = Uuid::new_v4();
+        let mut messages = vec![
+            log.registered(user, "ada@ais.example"),
+            log.user(user, UserEvent::RoleChanged { role: Role::Admin }),
+            // An event type of a later release, which this build cannot decode.
+            log.message(
+                "User",
+                user,
+                "UserSuspended".into(),
+                json!({"UserSuspended": {"until": "2030-01-01T00:00:00Z"}}),
+            ),
+        ];
+        messages.extend((0..3).map(|step| log.location(user, 40.0, step)));
+        stack.produce(&messages).await;
+
+        let running = Running::analytics(&stack).await;
+        stack
+            .wait_until_consumed(analytics::PROJECTION, count(messages.len()))
+            .await;
+        let counters = running.stop().await;
+
+        assert_eq!(counters.applied, 3, "{counters:?}");
+        assert_eq!(counters.undecodable, 1, "{counters:?}");
+        let stored = stack
+            .location_events()
+            .count_documents(doc! {})
+            .await
+            .unwrap();
+        assert_eq!(stored, 3);
+        let non_location = stack
+            .location_events()
+            .count_documents(doc! {"event_type": {"$ne": "LocationRecorded"}})
+            .await
+            .unwrap();
+        assert_eq!(non_location, 0);
     })
     .await;
 }

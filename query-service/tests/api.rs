@@ -167,12 +167,102 @@ async fn user_by_id_returns_read_model() {
                 "email": "vessel-1@ais.example",
                 "name": "SAMUEL I NEWHOUSE",
                 "active": true,
+                "role": "user",
                 "registered_at": "2020-06-30T00:00:00Z",
                 "updated_at": "2020-06-30T00:01:00Z",
                 "last_sequence": 3,
                 "last_position": 17,
             })
         );
+    })
+    .await;
+}
+
+/// Sets the role of a user's row as the read-models projection does for `RoleChanged`.
+async fn set_role(pool: &PgPool, user_id: Uuid, role: &str) {
+    sqlx::query(
+        "UPDATE rm_users SET role = $2, last_sequence = last_sequence + 1 WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .bind(role)
+    .execute(pool)
+    .await
+    .expect("update rm_users role");
+}
+
+#[tokio::test]
+async fn user_by_id_returns_each_role_change() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        insert_user(&server.pool, user_id, "vessel-1@ais.example", true).await;
+        let path = format!("/v1/users/{user_id}");
+
+        for role in ["admin", "analyst", "user"] {
+            set_role(&server.pool, user_id, role).await;
+
+            let (status, _, body) = server.get(&path).await;
+
+            assert_eq!(status, StatusCode::OK, "body: {body}");
+            assert_eq!(body["role"], role, "body: {body}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn users_by_email_include_role() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        insert_user(&server.pool, user_id, "vessel-1@ais.example", true).await;
+        set_role(&server.pool, user_id, "analyst").await;
+
+        let (_, _, body) = server
+            .get_query("/v1/users", &[("email", "vessel-1@ais.example")])
+            .await;
+
+        assert_eq!(body["users"][0]["role"], "analyst", "body: {body}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn read_model_rejects_unknown_role() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        insert_user(&server.pool, user_id, "vessel-1@ais.example", true).await;
+
+        for role in ["root", "Admin", ""] {
+            let result = sqlx::query("UPDATE rm_users SET role = $2 WHERE user_id = $1")
+                .bind(user_id)
+                .bind(role)
+                .execute(&server.pool)
+                .await;
+
+            let error = result.expect_err("the CHECK constraint rejects the role");
+            let constraint = error
+                .as_database_error()
+                .and_then(|error| error.constraint().map(str::to_owned));
+            assert_eq!(
+                constraint.as_deref(),
+                Some("rm_users_role_valid"),
+                "{role:?}: {error}"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn openapi_lists_roles_of_user() {
+    with_server(|server| async move {
+        let (_, _, body) = server.get("/openapi.json").await;
+
+        let user = &body["components"]["schemas"]["UserView"];
+        let role = &user["properties"]["role"];
+        assert_eq!(role["type"], "string", "{user}");
+        assert_eq!(role["enum"], json!(["user", "admin", "analyst"]), "{user}");
+        let required = user["required"].as_array().expect("required list");
+        assert!(required.contains(&json!("role")), "{user}");
     })
     .await;
 }

@@ -42,6 +42,7 @@ const SCHEMAS: &[EmbeddedSchema] = &[
     embed!("EmailChanged", "1"),
     embed!("PasswordChanged", "1"),
     embed!("UserDeactivated", "1"),
+    embed!("RoleChanged", "1"),
     embed!("UserErased", "1"),
     embed!("ProfileSettingsUpdated", "1"),
     embed!("ProfileImageChanged", "1"),

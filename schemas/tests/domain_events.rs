@@ -19,7 +19,7 @@ use meridian_domain::profile::envelope::{KeyMode, MediaType};
 use meridian_domain::profile::{
     EncryptedImage, ImageReference, Profile, ProfileCommand, ProfileEvent, Settings,
 };
-use meridian_domain::user::{User, UserCommand, UserEvent};
+use meridian_domain::user::{Role, User, UserCommand, UserEvent};
 use meridian_event_log::{EventMessage, StoredEvent};
 use serde_json::{json, Value};
 
@@ -66,7 +66,7 @@ fn handle_user(given: Vec<UserEvent>, command: UserCommand) -> Vec<UserEvent> {
 
 /// Number of `UserEvent` variants. The exhaustive match in `user_variant` stops compiling when
 /// a variant is added, and the coverage test then fails until `user_events` builds it.
-const USER_VARIANTS: usize = 6;
+const USER_VARIANTS: usize = 7;
 
 fn user_variant(event: &UserEvent) -> usize {
     match event {
@@ -76,10 +76,12 @@ fn user_variant(event: &UserEvent) -> usize {
         UserEvent::PasswordChanged { .. } => 3,
         UserEvent::UserDeactivated { .. } => 4,
         UserEvent::UserErased { .. } => 5,
+        UserEvent::RoleChanged { .. } => 6,
     }
 }
 
-/// Builds one event of each `UserEvent` variant by running commands on the aggregate.
+/// Builds one event of each `UserEvent` variant by running commands on the aggregate, and a
+/// `RoleChanged` event of every role.
 fn user_events() -> Vec<UserEvent> {
     let mut events = handle_user(
         vec![],
@@ -87,9 +89,20 @@ fn user_events() -> Vec<UserEvent> {
             email: Email::parse("email", "  Vessel-367000140@AIS.example ").unwrap(),
             name: UserName::parse("name", " SAMUEL I NEWHOUSE ").unwrap(),
             password_hash: PASSWORD_HASH.into(),
+            role: Role::Admin,
             at: at("2020-06-30T00:00:00.123456Z"),
         },
     );
+    events.extend(handle_user(
+        vec![registered()],
+        UserCommand::ChangeRole {
+            role: Role::Analyst,
+        },
+    ));
+    events.extend(handle_user(
+        vec![registered(), UserEvent::RoleChanged { role: Role::Admin }],
+        UserCommand::ChangeRole { role: Role::User },
+    ));
     events.extend(handle_user(
         vec![registered()],
         UserCommand::ChangeName {
@@ -448,6 +461,33 @@ fn name_of_200_characters_is_valid() {
 fn plaintext_password_is_invalid() {
     let data = json!({"password_hash": "hunter22"});
     assert!(!is_valid("PasswordChanged", &data));
+}
+
+#[test]
+fn role_not_in_enum_is_invalid() {
+    for role in ["root", "Admin", ""] {
+        let data = json!({ "role": role });
+        assert!(!is_valid("RoleChanged", &data), "{data}");
+    }
+}
+
+#[test]
+fn role_change_without_role_is_invalid() {
+    assert!(!is_valid("RoleChanged", &json!({})));
+}
+
+#[test]
+fn role_as_array_is_invalid() {
+    let data = json!({"role": ["admin"]});
+    assert!(!is_valid("RoleChanged", &data));
+}
+
+#[test]
+fn every_domain_role_is_valid() {
+    for role in Role::ALL {
+        let data = json!({ "role": role });
+        assert!(is_valid("RoleChanged", &data), "{data}");
+    }
 }
 
 #[test]

@@ -11,13 +11,14 @@ use cqrs_es::Aggregate;
 use meridian_crypto::{KeyError, UserKeys};
 use meridian_domain::location::LocationTrack;
 use meridian_domain::profile::Profile;
-use meridian_domain::user::User;
+use meridian_domain::user::{Role, User};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{FromRow, PgPool, Postgres, QueryBuilder};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::auth::Authenticated;
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::commands::metadata_keys;
@@ -81,10 +82,7 @@ pub struct AuditPage {
 }
 
 /// List who did what and when: the stored events of users, with the caller, request id,
-/// client address and user agent recorded with each, ordered by position.
-///
-/// NOTE: no authentication guards this route yet, so it must be limited to admins before
-/// the service is exposed.
+/// client address and user agent recorded with each, ordered by position. Admins only.
 #[utoipa::path(
     get,
     path = "/v1/audit",
@@ -100,12 +98,16 @@ pub struct AuditPage {
     responses(
         (status = 200, description = "One page of entries. All filters are optional and combine with AND.", body = AuditPage),
         (status = 400, description = "A query parameter is invalid, repeated or unknown, and `field` names it", body = ErrorBody),
+        (status = 401, description = "No valid access token", body = ErrorBody),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
     )
 )]
 pub async fn list_audit_entries(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     RawQuery(query): RawQuery,
 ) -> Result<Json<AuditPage>, ApiError> {
+    caller.require_role(&[Role::Admin])?;
     let query = AuditQuery::parse(query.as_deref().unwrap_or_default())?;
 
     let mut rows = fetch_events(&state.pool, &query).await?;

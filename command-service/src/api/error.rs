@@ -1,8 +1,10 @@
 //! The one error type of the HTTP API and its JSON body.
 
-use axum::http::StatusCode;
+use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use meridian_auth::AuthError;
 use meridian_domain::location::LocationError;
 use meridian_domain::profile::ProfileError;
 use meridian_domain::user::UserError;
@@ -32,7 +34,9 @@ pub fn current_request_id() -> String {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// One of `invalid_request`, `validation_failed`, `not_found`, `method_not_allowed`,
-    /// `conflict`, `payload_too_large`, `unavailable` and `internal`.
+    /// `conflict`, `payload_too_large`, `unauthenticated`, `invalid_token`, `token_expired`,
+    /// `invalid_credentials`, `invalid_refresh_token`, `forbidden`, `rate_limited`,
+    /// `unavailable` and `internal`.
     #[schema(example = "validation_failed")]
     pub error: String,
     /// A sentence for people.
@@ -85,6 +89,9 @@ pub enum ApiError {
     /// [`crate::commands::with_retries`] until the attempts run out.
     #[error("{0}")]
     ConcurrencyConflict(String),
+    /// 401, 403 or 429: the caller is unknown, may not do this, or sends too much.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// 503: PostgreSQL does not respond.
     #[error("service unavailable")]
     Unavailable(anyhow::Error),
@@ -141,6 +148,7 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Gone { .. } => StatusCode::GONE,
             Self::Conflict { .. } | Self::ConcurrencyConflict(_) => StatusCode::CONFLICT,
+            Self::Auth(error) => error.status(),
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -155,6 +163,7 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Gone { .. } => "gone",
             Self::Conflict { .. } | Self::ConcurrencyConflict(_) => "conflict",
+            Self::Auth(error) => error.code(),
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -166,10 +175,15 @@ impl ApiError {
                 (Some(error.field.clone()), Some(error.reason.clone()))
             }
             Self::Conflict { field, reason, .. } => (field.clone(), reason.clone()),
+            Self::Auth(
+                error @ AuthError::Forbidden {
+                    field: Some(field), ..
+                },
+            ) => (Some(field.clone()), Some(error.to_string())),
             _ => (None, None),
         };
         let message = match self {
-            Self::Internal(_) => {
+            Self::Internal(_) | Self::Auth(AuthError::Internal(_)) => {
                 "internal error; quote the request id when reporting it".to_owned()
             }
             Self::Unavailable(_) => "the database does not respond; retry later".to_owned(),
@@ -197,13 +211,31 @@ impl IntoResponse for ApiError {
             Self::Unavailable(cause) => {
                 error!(error = format!("{cause:#}"), "database unavailable");
             }
+            Self::Auth(AuthError::Internal(cause)) => {
+                error!(error = format!("{cause:#}"), "authentication failed");
+            }
             _ => {}
         }
         let transient = matches!(
             self,
-            Self::ConcurrencyConflict(_) | Self::Unavailable(_) | Self::Internal(_)
+            Self::ConcurrencyConflict(_)
+                | Self::Unavailable(_)
+                | Self::Internal(_)
+                | Self::Auth(AuthError::Internal(_) | AuthError::RateLimited { .. })
         );
         let mut response = (self.status(), Json(self.body())).into_response();
+        if let Self::Auth(error) = &self {
+            if let Some(challenge) = error.www_authenticate() {
+                response
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            }
+            if let Some(seconds) = error.retry_after_secs() {
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(seconds));
+            }
+        }
         if transient {
             response.extensions_mut().insert(TransientFailure);
         }

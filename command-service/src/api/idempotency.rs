@@ -1,7 +1,7 @@
 //! The `Idempotency-Key` header: a repeated request returns the first result and stores
 //! nothing.
 //!
-//! A key is scoped by method and path. The first request inserts a row into
+//! A key is scoped by method, path and caller. The first request inserts a row into
 //! `idempotency_keys`, runs, and stores its status and body when the status is 2xx. Any other
 //! status deletes the row, so a corrected or retried request runs again. While it runs it holds a
 //! transaction-scoped advisory lock on the key. A repeat that finds the row in progress tries
@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Postgres, Transaction};
 use tracing::{error, info, warn};
 
+use super::auth::caller_of;
 use super::error::{ApiError, TransientFailure};
 use super::extract::MAX_BODY_BYTES;
 use super::locations::{count_reports, RecordLocationsResponse};
@@ -113,7 +114,12 @@ async fn run_once(
         .map_err(|_| ApiError::PayloadTooLarge {
             limit: MAX_BODY_BYTES,
         })?;
-    let scoped_key = format!("{} {} {key}", parts.method, parts.uri.path());
+    // Scoped by caller too, so a stored response is never replayed to someone else.
+    let mut scoped_key = format!("{} {} {key}", parts.method, parts.uri.path());
+    if let Some(caller) = caller_of(&parts.extensions) {
+        scoped_key.push_str(" @");
+        scoped_key.push_str(&caller.user_id);
+    }
     let request_hash = hex_sha256(&body);
 
     // The lock lives as long as this transaction: until it commits, rolls back or its

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use super::auth::Authenticated;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{from_value, JsonBody, RequestOrigin, UserId};
 use super::idempotency::IdempotencyKey;
@@ -96,11 +97,13 @@ impl RecordLocationsResponse {
 )]
 pub async fn record_locations(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     UserId(user_id): UserId,
     origin: RequestOrigin,
     idempotency_key: Option<Extension<IdempotencyKey>>,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Json<RecordLocationsResponse>, ApiError> {
+    caller.require_write_access_to(&user_id)?;
     let received_at = Utc::now();
     let reports = parse_reports(body, received_at)?;
     let accepted = reports.len();

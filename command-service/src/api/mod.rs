@@ -6,6 +6,7 @@
 //! events with who caused them.
 
 pub mod audit;
+pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
@@ -20,12 +21,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::HeaderName;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderName, Method};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, patch, post, put};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
+use meridian_auth::{Auth, AuthSettings};
 use meridian_crypto::{EventCipher, KeySettings};
 use meridian_domain::location::{LocationServices, LocationTrack};
 use meridian_domain::profile::Profile;
@@ -34,6 +37,7 @@ use meridian_event_log::Settings;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tower_http::cors::{Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use tracing::info;
@@ -48,12 +52,13 @@ use crate::settings::CommandSettings;
 
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The state every handler shares: the pool, the event cipher and one executor per
-/// aggregate type.
+/// The state every handler shares: the pool, the event cipher, authentication and one
+/// executor per aggregate type.
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub cipher: EventCipher,
+    pub auth: Auth,
     pub users: Arc<Executor<User>>,
     pub profiles: Arc<Executor<Profile>>,
     pub locations: Arc<Executor<LocationTrack>>,
@@ -62,7 +67,7 @@ pub struct AppState {
 
 impl AppState {
     /// Builds the state over a pool whose database has the Meridian migrations applied.
-    pub fn new(pool: PgPool, cipher: EventCipher) -> Self {
+    pub fn new(pool: PgPool, cipher: EventCipher, auth: Auth) -> Self {
         let history = Arc::new(PgReportHistory::new(pool.clone(), cipher.clone()));
         Self {
             users: Arc::new(Executor::with_event_store(pool.clone(), cipher.clone(), ())),
@@ -74,6 +79,7 @@ impl AppState {
             )),
             retry: RetryPolicy::default(),
             cipher,
+            auth,
             pool,
         }
     }
@@ -88,6 +94,9 @@ impl AppState {
                        lists who stored which event, when and from where."
     ),
     paths(
+        auth::login,
+        auth::refresh,
+        auth::logout,
         users::register_user,
         users::update_user,
         users::erase_user,
@@ -123,10 +132,35 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             idempotency::guard,
         ));
-    Router::new()
-        .merge(commands)
-        // admin only: guard added with the auth layer
+    // The live map on the query service logs in from the browser, so the auth routes answer
+    // cross-origin requests. They take no cookies, so any origin may call them. Each route
+    // has an OPTIONS method for the CORS layer to answer; without it the preflight would
+    // reach the 405 fallback.
+    let sessions = Router::new()
+        .route("/v1/auth/login", post(auth::login).options(preflight))
+        .route("/v1/auth/refresh", post(auth::refresh).options(preflight))
+        .route("/v1/auth/logout", post(auth::logout).options(preflight))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        .layer(
+            CorsLayer::new()
+                .allow_origin(Any)
+                .allow_methods([Method::POST])
+                .allow_headers([CONTENT_TYPE]),
+        );
+    // Authentication runs before the idempotency guard, so a stored response is only
+    // replayed to the caller who sent the first request.
+    let commands = commands
         .route("/v1/audit", get(audit::list_audit_entries))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
+    let v1 = Router::new().merge(commands).merge(sessions);
+    Router::new()
+        .merge(v1)
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi_json))
         .fallback(route_not_found)
@@ -187,26 +221,34 @@ pub async fn serve(
     Ok(())
 }
 
-/// Connects to PostgreSQL and the key provider, binds the listen address and serves until
-/// SIGTERM or Ctrl-C.
+/// Connects to PostgreSQL and the key provider, creates the configured administrator, binds
+/// the listen address and serves until SIGTERM or Ctrl-C.
 pub async fn run(
     settings: Settings,
     keys: KeySettings,
+    auth_settings: AuthSettings,
     command: CommandSettings,
 ) -> anyhow::Result<()> {
     let pool =
         meridian_event_log::database::connect(&settings.database_url, command.max_connections)
             .await?;
     let cipher = keys.event_cipher(pool.clone()).await?;
+    let auth = Auth::new(
+        &auth_settings,
+        pool.clone(),
+        &settings.redis_url,
+        &settings.topic_prefix,
+    )?;
+    let state = AppState::new(pool, cipher, auth);
+    if let Some(admin) = &auth_settings.bootstrap_admin {
+        auth::bootstrap_admin(&state, admin)
+            .await
+            .context("failed to set up the administrator of MERIDIAN_ADMIN_EMAIL")?;
+    }
     let listener = TcpListener::bind(command.addr)
         .await
         .with_context(|| format!("failed to listen on {}", command.addr))?;
-    serve(
-        listener,
-        AppState::new(pool, cipher),
-        crate::shutdown::shutdown_signal(),
-    )
-    .await
+    serve(listener, state, crate::shutdown::shutdown_signal()).await
 }
 
 /// Builds the metadata of the events a request stores.
@@ -290,6 +332,11 @@ async fn route_not_found(request: Request) -> ApiError {
     ApiError::NotFound {
         message: format!("no route for {} {}", request.method(), request.uri().path()),
     }
+}
+
+/// Answers an OPTIONS request that is not a CORS preflight, which the CORS layer passes on.
+async fn preflight() -> axum::http::StatusCode {
+    axum::http::StatusCode::NO_CONTENT
 }
 
 async fn method_not_allowed() -> ApiError {

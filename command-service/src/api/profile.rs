@@ -19,6 +19,7 @@ use sqlx::PgPool;
 use tracing::{debug, warn};
 use utoipa::ToSchema;
 
+use super::auth::Authenticated;
 use super::error::{current_request_id, ApiError, ErrorBody};
 use super::extract::{JsonBody, RequestOrigin, UserId};
 use super::idempotency::IdempotencyKey;
@@ -66,11 +67,13 @@ pub struct ImageRequest {
 )]
 pub async fn put_profile(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     UserId(user_id): UserId,
     origin: RequestOrigin,
     idempotency_key: Option<Extension<IdempotencyKey>>,
     JsonBody(request): JsonBody<PutProfileRequest>,
 ) -> Result<Json<StoredEventsResponse>, ApiError> {
+    caller.require_write_access_to(&user_id)?;
     let received_at = Utc::now();
     let settings = Settings::parse("settings", request.settings)?;
     let image = request
@@ -212,11 +215,15 @@ impl IntoResponse for ImageUploadError {
 )]
 pub async fn put_profile_image(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     UserId(user_id): UserId,
     origin: RequestOrigin,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<PutProfileImageResponse>, ImageUploadError> {
+    caller
+        .require_write_access_to(&user_id)
+        .map_err(ApiError::from)?;
     let received_at = Utc::now();
     require_envelope_content_type(&headers)?;
     let envelope = read_envelope(&headers, body).await?;

@@ -4,12 +4,15 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use chrono::Utc;
+use meridian_auth::refresh::RevokeReason;
+use meridian_auth::{AuthError, Caller};
 use meridian_domain::field::{check_password, Email, UserName};
-use meridian_domain::user::{UserCommand, UserError};
+use meridian_domain::user::{Role, UserCommand, UserError};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::auth::{Authenticated, MaybeCaller};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, RequestOrigin, UserId};
 use super::idempotency::IdempotencyKey;
@@ -27,13 +30,17 @@ pub struct RegisterUserRequest {
     pub name: String,
     /// 8 to 1024 characters; stored only as an argon2id hash.
     pub password: String,
+    /// `user` (the default), `admin` or `analyst`. Only an admin may register anything but
+    /// `user`; anyone else gets 403.
+    #[schema(example = "user")]
+    pub role: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RegisterUserResponse {
     #[schema(format = Uuid)]
     pub user_id: String,
-    /// Sequence of the `UserRegistered` event: always 1.
+    /// Sequence of the last stored event: 1, or 2 when an admin gave a role other than `user`.
     pub sequence: i64,
     /// Global position of the stored event in the event store.
     pub position: i64,
@@ -63,6 +70,8 @@ pub struct UpdateUserRequest {
     pub password: Option<String>,
     /// Only `false` is accepted: it deactivates the user.
     pub active: Option<bool>,
+    /// `user`, `admin` or `analyst`. Only an admin may change a role.
+    pub role: Option<String>,
 }
 
 /// The result of a command that may store several events, or none when nothing changed.
@@ -98,6 +107,8 @@ impl From<Committed> for StoredEventsResponse {
     responses(
         (status = 201, description = "User registered", body = RegisterUserResponse),
         (status = 400, description = "Body is not JSON", body = ErrorBody),
+        (status = 401, description = "A token was sent and is not valid", body = ErrorBody),
+        (status = 403, description = "A role other than user was asked for by a non-admin", body = ErrorBody),
         (status = 409, description = "Email taken, or idempotency key in use", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "A field is invalid", body = ErrorBody),
@@ -105,11 +116,16 @@ impl From<Committed> for StoredEventsResponse {
 )]
 pub async fn register_user(
     State(state): State<AppState>,
+    MaybeCaller(caller): MaybeCaller,
     origin: RequestOrigin,
     idempotency_key: Option<Extension<IdempotencyKey>>,
     JsonBody(request): JsonBody<RegisterUserRequest>,
 ) -> Result<(StatusCode, Json<RegisterUserResponse>), ApiError> {
     let received_at = Utc::now();
+    let role = parse_role(request.role.as_deref())?.unwrap_or_default();
+    if role != Role::User {
+        require_admin_for_role(caller.as_ref(), role)?;
+    }
     let email = Email::parse("email", &request.email)?;
     let name = UserName::parse("name", &request.name)?;
     check_password("password", &request.password)?;
@@ -121,6 +137,7 @@ pub async fn register_user(
         email: email.clone(),
         name,
         password_hash,
+        role,
         at: received_at,
     };
 
@@ -155,6 +172,8 @@ pub async fn register_user(
     responses(
         (status = 200, description = "Changes stored; unchanged values store nothing", body = StoredEventsResponse),
         (status = 400, description = "Body is not JSON", body = ErrorBody),
+        (status = 401, description = "No valid access token", body = ErrorBody),
+        (status = 403, description = "Another user's account, a role change by a non-admin, or an analyst", body = ErrorBody),
         (status = 404, description = "Unknown user", body = ErrorBody),
         (status = 409, description = "Email taken, user deactivated, or idempotency key in use", body = ErrorBody),
         (status = 422, description = "A field is invalid, or no field is set", body = ErrorBody),
@@ -162,13 +181,18 @@ pub async fn register_user(
 )]
 pub async fn update_user(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     UserId(user_id): UserId,
     origin: RequestOrigin,
     idempotency_key: Option<Extension<IdempotencyKey>>,
     JsonBody(request): JsonBody<UpdateUserRequest>,
 ) -> Result<Json<StoredEventsResponse>, ApiError> {
+    caller.require_write_access_to(&user_id)?;
     let received_at = Utc::now();
     let changes = UserChanges::parse(request)?;
+    if let Some(role) = changes.role {
+        require_admin_for_role(Some(&caller), role)?;
+    }
     let metadata = event_metadata(origin, idempotency_key, received_at);
 
     let mut commands = Vec::with_capacity(4);
@@ -182,9 +206,16 @@ pub async fn update_user(
         let password_hash = hash_password(password).await?;
         commands.push(UserCommand::ChangePassword { password_hash });
     }
+    if let Some(role) = changes.role {
+        commands.push(UserCommand::ChangeRole { role });
+    }
     if changes.deactivate {
         commands.push(UserCommand::Deactivate { at: received_at });
     }
+    let ends_sessions = changes.deactivate
+        || commands
+            .iter()
+            .any(|command| matches!(command, UserCommand::ChangePassword { .. }));
 
     let (state, id, email, commands, metadata) =
         (&state, &user_id, &changes.email, &commands, &metadata);
@@ -203,6 +234,21 @@ pub async fn update_user(
             .map_err(|error| user_error(error, id))
     })
     .await?;
+    // A new password or a deactivation ends every session, so a stolen refresh token stops
+    // working. Access tokens already issued expire on their own.
+    if ends_sessions && committed.stored > 0 {
+        let reason = if changes.deactivate {
+            RevokeReason::AccountDisabled
+        } else {
+            RevokeReason::PasswordChanged
+        };
+        state
+            .auth
+            .refresh_store()
+            .revoke_user(&user_id, reason)
+            .await
+            .map_err(|error| anyhow::anyhow!(error).context("failed to end the user's sessions"))?;
+    }
     Ok(Json(StoredEventsResponse::from(committed)))
 }
 
@@ -222,16 +268,20 @@ pub async fn update_user(
     ),
     responses(
         (status = 200, description = "User erased", body = StoredEventsResponse),
+        (status = 401, description = "No valid access token", body = ErrorBody),
+        (status = 403, description = "Another user's account, or an analyst", body = ErrorBody),
         (status = 404, description = "Unknown user", body = ErrorBody),
         (status = 410, description = "User already erased", body = ErrorBody),
     )
 )]
 pub async fn erase_user(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     UserId(user_id): UserId,
     origin: RequestOrigin,
     idempotency_key: Option<Extension<IdempotencyKey>>,
 ) -> Result<Json<StoredEventsResponse>, ApiError> {
+    caller.require_write_access_to(&user_id)?;
     let received_at = Utc::now();
     let metadata = event_metadata(origin, idempotency_key, received_at);
     let command = UserCommand::Erase { at: received_at };
@@ -256,6 +306,7 @@ struct UserChanges {
     name: Option<UserName>,
     email: Option<Email>,
     password: Option<String>,
+    role: Option<Role>,
     deactivate: bool,
 }
 
@@ -264,13 +315,15 @@ impl UserChanges {
         let nothing_set = request.name.is_none()
             && request.email.is_none()
             && request.password.is_none()
-            && request.active.is_none();
+            && request.active.is_none()
+            && request.role.is_none();
         if nothing_set {
             return Err(ApiError::field(
                 "body",
-                "must set at least one of name, email, password, active",
+                "must set at least one of name, email, password, active, role",
             ));
         }
+        let role = parse_role(request.role.as_deref())?;
         let name = request
             .name
             .map(|name| UserName::parse("name", &name))
@@ -292,9 +345,29 @@ impl UserChanges {
             name,
             email,
             password: request.password,
+            role,
             deactivate: request.active == Some(false),
         })
     }
+}
+
+/// Parses the `role` field of a request body.
+fn parse_role(raw: Option<&str>) -> Result<Option<Role>, ApiError> {
+    raw.map(str::parse::<Role>)
+        .transpose()
+        .map_err(ApiError::from)
+}
+
+/// Fails with 403 on field `role` unless the caller is an admin.
+fn require_admin_for_role(caller: Option<&Caller>, role: Role) -> Result<(), ApiError> {
+    if caller.is_some_and(Caller::is_admin) {
+        return Ok(());
+    }
+    Err(AuthError::forbidden_field(
+        "role",
+        format!("only an admin may give a user the role {role}"),
+    )
+    .into())
 }
 
 /// Maps a user command error, naming the user in a 404.

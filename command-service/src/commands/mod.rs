@@ -71,6 +71,19 @@ pub struct EventMetadata {
 }
 
 impl EventMetadata {
+    /// Metadata of a command the service issues itself, such as creating the configured
+    /// administrator at start.
+    pub fn system(request_id: String) -> Self {
+        Self {
+            request_id,
+            idempotency_key: None,
+            received_at: Utc::now(),
+            actor: None,
+            client_addr: None,
+            user_agent: None,
+        }
+    }
+
     /// Builds the map stored with each event. Client address and user agent are plaintext
     /// here, and [`SealedRepository`] seals them before they reach PostgreSQL.
     fn to_map(&self, commit_id: Uuid) -> HashMap<String, String> {

@@ -1,13 +1,11 @@
 //! `GET /v1/audit`: filters, paging, parameter errors, and entries of erased users.
 
-use axum::body::{to_bytes, Body};
-use axum::http::{Method, Request, StatusCode};
-use axum::Extension;
+use axum::body::Body;
+use axum::http::{Method, StatusCode};
 use chrono::{DateTime, SecondsFormat, Utc};
+use meridian_auth::Role;
 use meridian_command_service::commands::Actor;
-use meridian_command_service::router;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 use crate::common::{assert_error, report, TestApp};
 
@@ -38,19 +36,12 @@ impl TestApp {
         assert_eq!(response.status, StatusCode::OK, "{}", response.body);
     }
 
-    /// Sends a command as `actor`, as the authentication layer will once it exists.
-    async fn send_as(&self, actor: &Actor, method: Method, path: &str, body: &Value) {
-        let router = router(self.state.clone()).layer(Extension(actor.clone()));
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        let response = router.oneshot(request).await.unwrap();
-        let status = response.status();
-        let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
-        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    /// Sends a command with an access token of `actor`.
+    async fn send_by(&self, actor: &Actor, method: Method, path: &str, body: &Value) {
+        let role = actor.role.parse::<Role>().expect("a role name");
+        let token = self.token_for(&actor.user_id, role);
+        let response = self.send_as(Some(&token), method, path, body).await;
+        assert_eq!(response.status, StatusCode::OK, "{}", response.body);
     }
 
     /// Returns the database clock, which sets `stored_at`.
@@ -104,7 +95,7 @@ async fn audit_lists_events_of_one_user() {
     assert_eq!(location["event_type"], "LocationRecorded");
     assert_eq!(location["user_agent"], USER_AGENT);
     assert_eq!(location["client_addr"], Value::Null, "oneshot has no peer");
-    assert_eq!(location["actor_id"], Value::Null, "anonymous");
+    assert_eq!(location["actor_id"], app.admin_id.as_str());
     assert_eq!(next_after, Value::Null);
     let sorted = {
         let mut sorted = positions(&entries);
@@ -123,7 +114,7 @@ async fn audit_filters_by_actor() {
         user_id: "7c9e6679-7425-40de-944b-e07fc1f90ae7".to_owned(),
         role: "admin".to_owned(),
     };
-    app.send_as(
+    app.send_by(
         &admin,
         Method::PATCH,
         &format!("/v1/users/{user_id}"),

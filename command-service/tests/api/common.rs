@@ -2,19 +2,29 @@
 
 use axum::body::{to_bytes, Body};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
+use std::sync::Arc;
+
 use axum::Router;
+use meridian_auth::keys::{KeyFile, KeyStore};
+use meridian_auth::{Auth, AuthSettings, Limits, Role};
 use meridian_command_service::{router, AppState};
 use meridian_crypto::testing::TestKeys;
+use meridian_event_log::settings::var_or;
 use meridian_event_log::testing::{settings_for, TestDatabase};
 use meridian_event_log::Settings;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tower::ServiceExt;
+use uuid::Uuid;
 
 pub struct TestApp {
     pub router: Router,
     pub pool: PgPool,
     pub state: AppState,
+    /// An admin's access token, sent by every request that names no other.
+    pub admin_token: String,
+    /// The user id in [`TestApp::admin_token`]; no such user is registered.
+    pub admin_id: String,
     /// Held so the master key file lives as long as the app.
     _keys: TestKeys,
     database: Option<TestDatabase>,
@@ -35,6 +45,11 @@ impl TestResponse {
 
 impl TestApp {
     pub async fn start() -> Self {
+        Self::start_with_limits(Limits::generous()).await
+    }
+
+    /// Like [`TestApp::start`] with rate limits of the test's choosing.
+    pub async fn start_with_limits(limits: Limits) -> Self {
         let database = TestDatabase::create()
             .await
             .expect("PostgreSQL on 127.0.0.1:5432 must accept connections");
@@ -44,17 +59,65 @@ impl TestApp {
             .event_cipher(pool.clone())
             .await
             .expect("the local key provider opens its file");
-        let state = AppState::new(pool.clone(), cipher);
+        let auth = test_auth(pool.clone(), limits);
+        let admin_id = Uuid::new_v4().to_string();
+        let admin_token = auth
+            .tokens()
+            .issue(&admin_id, Role::Admin)
+            .expect("tokens sign")
+            .token;
+        let state = AppState::new(pool.clone(), cipher, auth);
         Self {
             router: router(state.clone()),
             pool,
             state,
+            admin_token,
+            admin_id,
             _keys: keys,
             database: Some(database),
         }
     }
 
-    /// Sends a request with a raw body, content type and extra headers.
+    /// An access token of `user_id` with `role`.
+    pub fn token_for(&self, user_id: &str, role: Role) -> String {
+        self.state
+            .auth
+            .tokens()
+            .issue(user_id, role)
+            .expect("tokens sign")
+            .token
+    }
+
+    /// Sends a JSON request with the access token `token`, or with none.
+    pub async fn send_as(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: &Value,
+    ) -> TestResponse {
+        let header = token.map(|token| format!("Bearer {token}"));
+        let headers: Vec<(&str, &str)> = match &header {
+            Some(header) => vec![("authorization", header.as_str())],
+            None => vec![(ANONYMOUS, "")],
+        };
+        self.raw(
+            method,
+            path,
+            Some("application/json"),
+            body.to_string(),
+            &headers,
+        )
+        .await
+    }
+
+    /// `scoped` as the idempotency layer stores it for a request by the default admin.
+    pub fn admin_scoped(&self, scoped: &str) -> String {
+        format!("{scoped} @{}", self.admin_id)
+    }
+
+    /// Sends a request with a raw body, content type and extra headers. Without an
+    /// `authorization` header it sends the admin token, unless `headers` names [`ANONYMOUS`].
     pub async fn raw(
         &self,
         method: Method,
@@ -67,7 +130,15 @@ impl TestApp {
         if let Some(content_type) = content_type {
             builder = builder.header("content-type", content_type);
         }
-        for (name, value) in headers {
+        let named = |wanted: &str| {
+            headers
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case(wanted))
+        };
+        if !named("authorization") && !named(ANONYMOUS) {
+            builder = builder.header("authorization", format!("Bearer {}", self.admin_token));
+        }
+        for (name, value) in headers.iter().filter(|(name, _)| *name != ANONYMOUS) {
             builder = builder.header(*name, *value);
         }
         let request = builder.body(body.into()).expect("request builds");
@@ -220,6 +291,21 @@ impl Drop for TestApp {
         });
         let _ = dropper.join();
     }
+}
+
+/// A pseudo header for [`TestApp::raw`]: send no `authorization` header at all.
+pub const ANONYMOUS: &str = "x-test-anonymous";
+
+/// Authentication over fixed keys and this test's own Redis prefix.
+pub fn test_auth(pool: PgPool, limits: Limits) -> Auth {
+    let settings = AuthSettings {
+        limits,
+        ..AuthSettings::from_vars(|_| None).expect("default settings")
+    };
+    let keys = KeyStore::fixed(&KeyFile::generate()).expect("generated keys load");
+    let redis = var_or("MERIDIAN_REDIS_URL", "redis://127.0.0.1:6379/");
+    let prefix = format!("test.{}.", Uuid::new_v4().simple());
+    Auth::with_keys(&settings, Arc::new(keys), pool, &redis, &prefix).expect("auth builds")
 }
 
 /// Asserts the error body shape and returns `(field, reason)`.

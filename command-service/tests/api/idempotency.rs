@@ -56,7 +56,7 @@ async fn key_is_written_into_event_metadata() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert_eq!(key, "POST /v1/users k-2");
+    assert_eq!(key, app.admin_scoped("POST /v1/users k-2"));
     app.finish().await;
 }
 
@@ -210,7 +210,7 @@ async fn key_of_201_characters_is_rejected() {
 async fn key_in_progress_is_conflict() {
     let app = TestApp::start().await;
     let body = registration("keyed-9@ais.example");
-    let scoped_key = "POST /v1/users running-key";
+    let scoped_key = &app.admin_scoped("POST /v1/users running-key");
     // Stand in for a first request that is still running: its row, and its lock held by an
     // open transaction.
     sqlx::query("INSERT INTO idempotency_keys (key, request_hash) VALUES ($1, $2)")
@@ -297,7 +297,7 @@ async fn unfinished_key_without_events_runs_again() {
     let body = registration("keyed-12@ais.example");
     // As if the process died before the commit.
     sqlx::query("INSERT INTO idempotency_keys (key, request_hash) VALUES ($1, $2)")
-        .bind("POST /v1/users crashed-before-commit")
+        .bind(app.admin_scoped("POST /v1/users crashed-before-commit"))
         .bind(body_hash(&body))
         .execute(&app.pool)
         .await

@@ -1,6 +1,7 @@
 //! Command API tests against the real PostgreSQL, each test in a database of its own.
 
 mod audit;
+mod auth;
 mod common;
 mod erase;
 mod idempotency;

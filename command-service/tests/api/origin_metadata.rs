@@ -3,17 +3,14 @@
 
 use std::net::SocketAddr;
 
-use axum::body::{to_bytes, Body};
-use axum::http::{Request, StatusCode};
-use axum::Extension;
+use axum::http::{Method, StatusCode};
+use meridian_auth::Role;
 use meridian_command_service::commands::sealed::open_metadata;
-use meridian_command_service::commands::Actor;
-use meridian_command_service::{router, serve};
+use meridian_command_service::serve;
 use meridian_domain::profile::envelope::ENVELOPE_CONTENT_TYPE;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tower::ServiceExt;
 
 use crate::common::{report, TestApp};
 use crate::profile_image::envelope;
@@ -120,11 +117,27 @@ async fn commands_seal_address_and_agent() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let user_id = body["user_id"].as_str().unwrap().to_owned();
     let path = format!("/v1/users/{user_id}");
+    // The user logs in and acts with their own token.
+    let (status, session) = server
+        .send(
+            server
+                .client
+                .post(server.url("/v1/auth/login"))
+                .json(&json!({
+                    "email": "origin-1@ais.example",
+                    "password": "long enough password",
+                })),
+            "origin-login",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{session}");
+    let token = session["access_token"].as_str().unwrap().to_owned();
     let commands = [
         (
             server
                 .client
                 .patch(server.url(&path))
+                .bearer_auth(&token)
                 .json(&json!({"name": "Renamed Vessel"})),
             "origin-rename",
         ),
@@ -132,6 +145,7 @@ async fn commands_seal_address_and_agent() {
             server
                 .client
                 .put(server.url(&format!("{path}/profile")))
+                .bearer_auth(&token)
                 .json(&json!({"settings": {"units": "metric"}})),
             "origin-profile",
         ),
@@ -139,6 +153,7 @@ async fn commands_seal_address_and_agent() {
             server
                 .client
                 .put(server.url(&format!("{path}/profile/image")))
+                .bearer_auth(&token)
                 .header("content-type", ENVELOPE_CONTENT_TYPE)
                 .body(envelope(0x5A)),
             "origin-image",
@@ -147,6 +162,7 @@ async fn commands_seal_address_and_agent() {
             server
                 .client
                 .post(server.url(&format!("{path}/locations")))
+                .bearer_auth(&token)
                 .json(&report(0, 40.6401, -74.0745)),
             "origin-locations",
         ),
@@ -168,10 +184,12 @@ async fn commands_seal_address_and_agent() {
     for ((event_type, metadata), (expected_type, request_id)) in stored.into_iter().zip(expected) {
         assert_eq!(event_type, expected_type);
         assert_eq!(metadata["request_id"], request_id, "{event_type}");
-        assert!(
-            metadata.get("actor_id").is_none(),
-            "{event_type}: anonymous"
-        );
+        if event_type == "UserRegistered" {
+            assert!(metadata.get("actor_id").is_none(), "anonymous: {metadata}");
+        } else {
+            assert_eq!(metadata["actor_id"], user_id.as_str(), "{event_type}");
+            assert_eq!(metadata["actor_role"], "user", "{event_type}");
+        }
         let sealed_addr = metadata["client_addr"].as_str().unwrap_or_default();
         let sealed_agent = metadata["user_agent"].as_str().unwrap_or_default();
         assert!(sealed_addr.starts_with("AQ"), "{event_type}: {metadata}");
@@ -185,7 +203,10 @@ async fn commands_seal_address_and_agent() {
     }
 
     let (status, body) = server
-        .send(server.client.delete(server.url(&path)), "origin-erase")
+        .send(
+            server.client.delete(server.url(&path)).bearer_auth(&token),
+            "origin-erase",
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (event_type, metadata) = stored_metadata(&app, &user_id).await.pop().unwrap();
@@ -200,29 +221,28 @@ async fn commands_seal_address_and_agent() {
 }
 
 #[tokio::test]
-async fn actor_extension_is_recorded() {
+async fn the_caller_of_the_token_is_recorded() {
     let app = TestApp::start().await;
     let user_id = app.register("origin-2@ais.example").await;
-    let actor = Actor {
-        user_id: "0e5c1a7e-2f0b-4c59-8f3a-5d1c2b3a4f60".to_owned(),
-        role: "admin".to_owned(),
-    };
-    // The authentication layer will insert the caller's Actor. This layer inserts one now.
-    let router = router(app.state.clone()).layer(Extension(actor.clone()));
-    let request = Request::patch(format!("/v1/users/{user_id}"))
-        .header("content-type", "application/json")
-        .header("x-request-id", "origin-admin-rename")
-        .body(Body::from(json!({"name": "Renamed By Admin"}).to_string()))
-        .unwrap();
+    let admin_id = "0e5c1a7e-2f0b-4c59-8f3a-5d1c2b3a4f60";
+    let bearer = format!("Bearer {}", app.token_for(admin_id, Role::Admin));
 
-    let response = router.oneshot(request).await.unwrap();
+    let response = app
+        .send(
+            Method::PATCH,
+            &format!("/v1/users/{user_id}"),
+            &json!({"name": "Renamed By Admin"}),
+            &[
+                ("authorization", &bearer),
+                ("x-request-id", "origin-admin-rename"),
+            ],
+        )
+        .await;
 
-    let status = response.status();
-    let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
-    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(response.status, StatusCode::OK, "{}", response.body);
     let (event_type, metadata) = stored_metadata(&app, &user_id).await.pop().unwrap();
     assert_eq!(event_type, "NameChanged");
-    assert_eq!(metadata["actor_id"], actor.user_id.as_str());
+    assert_eq!(metadata["actor_id"], admin_id);
     assert_eq!(metadata["actor_role"], "admin");
     assert_eq!(metadata["request_id"], "origin-admin-rename");
     app.finish().await;
@@ -237,7 +257,7 @@ async fn oneshot_request_stores_no_address() {
     let (_, metadata) = stored_metadata(&app, &user_id).await.pop().unwrap();
     assert!(metadata.get("client_addr").is_none(), "{metadata}");
     assert!(metadata.get("user_agent").is_none(), "{metadata}");
-    assert!(metadata.get("actor_id").is_none(), "{metadata}");
+    assert_eq!(metadata["actor_id"], app.admin_id.as_str(), "{metadata}");
     assert!(metadata["request_id"].is_string(), "{metadata}");
     app.finish().await;
 }

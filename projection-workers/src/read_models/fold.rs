@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use meridian_domain::location::LocationEvent;
 use meridian_domain::profile::ProfileEvent;
-use meridian_domain::user::UserEvent;
+use meridian_domain::user::{Role, UserEvent};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -24,6 +24,9 @@ pub struct UserRow {
     pub email: String,
     pub name: String,
     pub active: bool,
+    /// Stored as the role's name, which the table's CHECK limits to the three roles.
+    #[sqlx(try_from = "String")]
+    pub role: Role,
     pub registered_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_sequence: i64,
@@ -128,6 +131,7 @@ impl ReadModelRows {
                 email: normalize_email(email),
                 name: name.clone(),
                 active: true,
+                role: Role::default(),
                 registered_at: *registered_at,
                 updated_at: envelope.stored_at,
                 last_sequence: envelope.sequence,
@@ -145,6 +149,7 @@ impl ReadModelRows {
             UserEvent::NameChanged { name } => row.name = name.clone(),
             UserEvent::EmailChanged { email } => row.email = normalize_email(email),
             UserEvent::UserDeactivated { .. } => row.active = false,
+            UserEvent::RoleChanged { role } => row.role = *role,
             // The password hash is in no read model; `UserErased` is applied by deleting
             // the user's rows after the batch is folded.
             UserEvent::PasswordChanged { .. }
@@ -334,6 +339,55 @@ mod tests {
         assert_eq!(row.last_sequence, 5);
         assert_eq!(row.last_position, 105);
         assert_eq!(row.updated_at, time(1005));
+    }
+
+    #[test]
+    fn registration_starts_with_user_role() {
+        let user_id = Uuid::new_v4();
+        let mut rows = ReadModelRows::default();
+
+        rows.fold(&registered(user_id));
+
+        assert_eq!(rows.users[&user_id].role, Role::User);
+    }
+
+    #[test]
+    fn role_changes_fold_in_order() {
+        let user_id = Uuid::new_v4();
+        let mut rows = ReadModelRows::default();
+        rows.fold(&registered(user_id));
+        let admin = UserEvent::RoleChanged { role: Role::Admin };
+        let analyst = UserEvent::RoleChanged {
+            role: Role::Analyst,
+        };
+
+        let folded = rows.fold(&envelope(user_id, 2, AggregateEvent::User(admin.clone())));
+        assert_eq!(folded, Folded::Applied);
+        assert_eq!(rows.users[&user_id].role, Role::Admin);
+
+        rows.fold(&envelope(user_id, 3, AggregateEvent::User(analyst)));
+        let row = &rows.users[&user_id];
+        assert_eq!(row.role, Role::Analyst);
+        assert_eq!(row.last_sequence, 3);
+        assert_eq!(row.last_position, 103);
+
+        let repeated = rows.fold(&envelope(user_id, 2, AggregateEvent::User(admin)));
+        assert_eq!(repeated, Folded::AlreadyApplied);
+        assert_eq!(rows.users[&user_id].role, Role::Analyst);
+    }
+
+    #[test]
+    fn role_change_of_unknown_user_is_reported() {
+        let user_id = Uuid::new_v4();
+        let mut rows = ReadModelRows::default();
+        let promoted = envelope(
+            user_id,
+            2,
+            AggregateEvent::User(UserEvent::RoleChanged { role: Role::Admin }),
+        );
+
+        assert_eq!(rows.fold(&promoted), Folded::UnknownUser);
+        assert!(rows.users.is_empty());
     }
 
     #[test]

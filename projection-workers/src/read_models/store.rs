@@ -19,8 +19,8 @@ pub async fn load_rows(
 ) -> Result<(), sqlx::Error> {
     if !users.is_empty() {
         let loaded: Vec<UserRow> = sqlx::query_as(
-            "SELECT user_id, email, name, active, registered_at, updated_at, last_sequence,
-                    last_position
+            "SELECT user_id, email, name, active, role, registered_at, updated_at,
+                    last_sequence, last_position
              FROM rm_users WHERE user_id = ANY($1)",
         )
         .bind(users)
@@ -89,20 +89,22 @@ async fn upsert_users(connection: &mut PgConnection, rows: &[&UserRow]) -> Resul
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO rm_users (user_id, email, name, active, registered_at, updated_at,
+        "INSERT INTO rm_users (user_id, email, name, active, role, registered_at, updated_at,
                                last_sequence, last_position)
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::boolean[],
-                              $5::timestamptz[], $6::timestamptz[], $7::bigint[], $8::bigint[])
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::boolean[], $5::text[],
+                              $6::timestamptz[], $7::timestamptz[], $8::bigint[], $9::bigint[])
          ON CONFLICT (user_id) DO UPDATE
          SET email = EXCLUDED.email, name = EXCLUDED.name, active = EXCLUDED.active,
-             registered_at = EXCLUDED.registered_at, updated_at = EXCLUDED.updated_at,
-             last_sequence = EXCLUDED.last_sequence, last_position = EXCLUDED.last_position
+             role = EXCLUDED.role, registered_at = EXCLUDED.registered_at,
+             updated_at = EXCLUDED.updated_at, last_sequence = EXCLUDED.last_sequence,
+             last_position = EXCLUDED.last_position
          WHERE rm_users.last_sequence < EXCLUDED.last_sequence",
     )
     .bind(rows.iter().map(|row| row.user_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|row| row.email.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|row| row.name.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|row| row.active).collect::<Vec<_>>())
+    .bind(rows.iter().map(|row| row.role.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|row| row.registered_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|row| row.updated_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|row| row.last_sequence).collect::<Vec<_>>())

@@ -53,6 +53,7 @@ fn user_data(event: &UserEvent) -> Option<Value> {
         UserEvent::UserDeactivated { deactivated_at } => {
             json!({ "deactivated_at": deactivated_at })
         }
+        UserEvent::RoleChanged { role } => json!({ "role": role }),
         UserEvent::UserErased { erased_at } => json!({ "erased_at": erased_at }),
     };
     Some(data)
@@ -69,6 +70,7 @@ fn profile_data(event: &ProfileEvent) -> Value {
 #[cfg(test)]
 mod tests {
     use chrono::{TimeZone, Utc};
+    use meridian_domain::user::Role;
     use uuid::Uuid;
 
     use super::*;
@@ -128,6 +130,26 @@ mod tests {
         assert!(update.body.data.get("password_hash").is_none());
         assert!(!update.body.data.to_string().contains("argon2"));
         assert_eq!(update.body.data["name"], "Ada");
+    }
+
+    #[test]
+    fn role_change_is_a_profile_update() {
+        let event = projected(
+            AggregateEvent::User(UserEvent::RoleChanged {
+                role: Role::Analyst,
+            }),
+            "RoleChanged",
+        );
+
+        let update = update_for(&event).expect("a role change is an update");
+
+        assert_eq!(update.kind, UpdateKind::Profile);
+        assert_eq!(update.user_id, Uuid::from_u128(7));
+        assert_eq!(update.position, 42);
+        assert_eq!(update.latitude, None);
+        assert_eq!(update.body.event_type, "RoleChanged");
+        assert_eq!(update.body.sequence, 3);
+        assert_eq!(update.body.data, json!({"role": "analyst"}));
     }
 
     #[test]

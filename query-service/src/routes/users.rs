@@ -7,9 +7,11 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use meridian_domain::user::Role;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgPool;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -29,12 +31,28 @@ pub struct UserView {
     pub name: String,
     /// False once the user is deactivated.
     pub active: bool,
+    #[sqlx(try_from = "String")]
+    #[schema(schema_with = role_schema)]
+    pub role: Role,
     pub registered_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Sequence of the last `User` event folded into this view.
     pub last_sequence: i64,
     /// Global position of that event.
     pub last_position: i64,
+}
+
+/// Describes `role` as a string limited to the names of [`Role::ALL`].
+fn role_schema() -> utoipa::openapi::schema::Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(Role::ALL.map(Role::as_str)))
+        .description(Some(
+            "What the user may do: `user` reads and changes only their own data, `admin` acts \
+             on any user, `analyst` reads analytics and history and changes nothing.",
+        ))
+        .examples([Role::Admin.as_str()])
+        .build()
 }
 
 /// Users whose email matches the query.
@@ -86,8 +104,8 @@ pub async fn get_user(
     UserId(user_id): UserId,
 ) -> Result<Json<UserView>, ApiError> {
     let user = sqlx::query_as::<_, UserView>(
-        "SELECT user_id, email, name, active, registered_at, updated_at, last_sequence,
-                last_position
+        "SELECT user_id, email, name, active, role, registered_at, updated_at,
+                last_sequence, last_position
          FROM rm_users WHERE user_id = $1",
     )
     .bind(user_id)
@@ -113,8 +131,8 @@ pub async fn find_users_by_email(
 ) -> Result<Json<UserList>, ApiError> {
     let email = normalize_email(query.email.as_deref())?;
     let users = sqlx::query_as::<_, UserView>(
-        "SELECT user_id, email, name, active, registered_at, updated_at, last_sequence,
-                last_position
+        "SELECT user_id, email, name, active, role, registered_at, updated_at,
+                last_sequence, last_position
          FROM rm_users WHERE email = $1
          ORDER BY registered_at, user_id",
     )
