@@ -254,10 +254,7 @@ async fn import(
     platform: &Platform,
     file: &Path,
 ) -> anyhow::Result<meridian_importer::ImportReport> {
-    let mut options = meridian_importer::ImportOptions::new(file);
-    options.command_url = platform.command_url.clone();
-    options.query_url = platform.query_url.clone();
-    options.show_progress = false;
+    let mut options = platform.import_options(file);
     options.wait_timeout = Duration::from_secs(300);
     Ok(meridian_importer::import(options).await?)
 }
