@@ -215,6 +215,32 @@ mod tests {
     }
 
     #[test]
+    fn rotation_keeps_old_tokens_until_their_key_is_retired() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let mut file = KeyFile::generate();
+        file.write(&path).unwrap();
+        let old_kid = file.active.clone();
+        let tokens =
+            TokenService::new(Arc::new(KeyStore::open(&path).unwrap()), DEFAULT_ACCESS_TTL);
+        let old = tokens.issue("user-1", Role::User).unwrap().token;
+
+        let new_kid = file.rotate();
+        file.write(&path).unwrap();
+        tokens.keys().reload_if_changed();
+        let new = tokens.issue("user-1", Role::User).unwrap().token;
+        let header = jsonwebtoken::decode_header(&new).unwrap();
+        assert_eq!(header.kid.as_deref(), Some(new_kid.as_str()));
+        assert!(tokens.verify(&old).is_ok(), "the old key still verifies");
+
+        file.retire(&old_kid).unwrap();
+        file.write(&path).unwrap();
+        tokens.keys().reload_if_changed();
+        assert_eq!(tokens.verify(&old), Err(TokenError::UnknownKey));
+        assert!(tokens.verify(&new).is_ok());
+    }
+
+    #[test]
     fn expired_token_is_refused() {
         let (tokens, _) = service();
         let now = Utc::now().timestamp();

@@ -1,6 +1,8 @@
-// Live map of Meridian. Loads the latest location of every user from the query service,
-// subscribes to location updates of the whole world over Socket.IO after the snapshot's
-// position, and draws each user's latest position with a short trail.
+// Live map of Meridian. Logs in at the command service and loads the latest location of
+// every user from the query service. Then it subscribes to location updates of the whole
+// world over Socket.IO after the snapshot's position, and draws each user's latest position
+// with a short trail. The tokens live in this script's memory only, so reloading the page
+// logs out.
 (() => {
   "use strict";
 
@@ -18,6 +20,15 @@
   // Concurrent GET /v1/users/{id} requests for the names of users first seen in an update.
   const NAME_REQUESTS = 4;
   const SNAPSHOT_RETRY_MS = [1000, 2000, 5000, 10000, 30000];
+  // The access token is refreshed this long before it expires.
+  const REFRESH_BEFORE_EXPIRY_MS = 60 * 1000;
+  // Earliest refresh after a login or refresh, for tokens that live less than a minute.
+  const MIN_REFRESH_DELAY_MS = 5 * 1000;
+  // Wait before retrying a refresh that could not reach the command service.
+  const REFRESH_RETRY_MS = 10 * 1000;
+  // Wait before reconnecting after the server rejected a connection for a passing reason
+  // (rate limit, internal error) when its message gives no number of seconds.
+  const RETRY_MS = 5 * 1000;
 
   const elements = {
     canvas: document.getElementById("map"),
@@ -28,6 +39,16 @@
     lastPosition: document.getElementById("last-position"),
     userList: document.getElementById("user-list"),
     userListNote: document.getElementById("user-list-note"),
+    login: document.getElementById("login"),
+    loginForm: document.getElementById("login-form"),
+    loginEmail: document.getElementById("login-email"),
+    loginPassword: document.getElementById("login-password"),
+    loginSubmit: document.getElementById("login-submit"),
+    loginError: document.getElementById("login-error"),
+    liveView: document.getElementById("live-view"),
+    account: document.getElementById("account"),
+    accountText: document.getElementById("account-text"),
+    logoutButton: document.getElementById("logout-button"),
   };
 
   const state = {
@@ -46,10 +67,25 @@
     renderQueued: false,
   };
 
+  // The logged-in account: { accessToken, refreshToken, expiresAt (ms since the epoch),
+  // userId, role }, or null. Never written to storage, cookies or the console.
+  let session = null;
+  let refreshTimer = null;
+  // The refresh in progress, shared by every caller that needs a fresh token meanwhile.
+  let refreshing = null;
+
+  const commandUrl = document
+    .querySelector('meta[name="meridian-command-url"]')
+    .getAttribute("content");
   const socketPort = document
     .querySelector('meta[name="meridian-socket-port"]')
     .getAttribute("content");
-  const socket = io(`http://${location.hostname}:${socketPort}`, { autoConnect: false });
+  // The `auth` callback runs on every connection attempt, so reconnections send the
+  // current access token rather than the one of the first connection.
+  const socket = io(`http://${location.hostname}:${socketPort}`, {
+    autoConnect: false,
+    auth: (send) => send({ token: session ? session.accessToken : "" }),
+  });
 
   // ---- connection state -------------------------------------------------------------
 
@@ -58,10 +94,163 @@
     elements.connectionText.textContent = text;
   }
 
+  // ---- session --------------------------------------------------------------------
+
+  // Error of a request to the command service, with the HTTP status (0 when it could not
+  // be reached) and the message to show.
+  class CommandError extends Error {
+    constructor(status, message) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  // Sends `body` as JSON to `path` of the command service and returns the parsed response.
+  async function postToCommand(path, body) {
+    let response;
+    try {
+      response = await fetch(`${commandUrl}${path}`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify(body),
+      });
+    } catch (error) {
+      throw new CommandError(0, `The command service at ${commandUrl} cannot be reached.`);
+    }
+    if (response.status === 204) {
+      return null;
+    }
+    const answer = await response.json().catch(() => null);
+    if (!response.ok) {
+      // A page cannot read Retry-After from another origin unless the server exposes it,
+      // so the message, which names the seconds of a 429, is shown instead.
+      const message = answer && answer.message ? answer.message : `${path} returned ${response.status}`;
+      throw new CommandError(response.status, asSentence(message));
+    }
+    return answer;
+  }
+
+  // Returns `text` with a capital first letter and a final full stop, for display.
+  function asSentence(text) {
+    const capitalized = text.charAt(0).toUpperCase() + text.slice(1);
+    return /[.!?]$/.test(capitalized) ? capitalized : `${capitalized}.`;
+  }
+
+  function startSession(answer) {
+    session = {
+      accessToken: answer.access_token,
+      refreshToken: answer.refresh_token,
+      expiresAt: Date.now() + answer.expires_in * 1000,
+      userId: answer.user_id,
+      role: answer.role,
+    };
+    scheduleRefresh();
+  }
+
+  function scheduleRefresh() {
+    clearTimeout(refreshTimer);
+    const delay = Math.max(session.expiresAt - Date.now() - REFRESH_BEFORE_EXPIRY_MS, MIN_REFRESH_DELAY_MS);
+    refreshTimer = setTimeout(() => {
+      refreshSession().catch(() => {});
+    }, delay);
+  }
+
+  // Exchanges the refresh token for new tokens. Each refresh token works once, so
+  // concurrent callers share one request. Ends the session when the command service
+  // rejects the refresh token, and retries later when it cannot be reached.
+  function refreshSession() {
+    if (!session) {
+      return Promise.reject(new Error("logged out"));
+    }
+    if (!refreshing) {
+      refreshing = (async () => {
+        const current = session;
+        try {
+          const answer = await postToCommand("/v1/auth/refresh", { refresh_token: current.refreshToken });
+          if (session === current) {
+            startSession(answer);
+          }
+        } catch (error) {
+          if (error.status === 0 && Date.now() < current.expiresAt) {
+            clearTimeout(refreshTimer);
+            refreshTimer = setTimeout(() => {
+              refreshSession().catch(() => {});
+            }, REFRESH_RETRY_MS);
+          } else if (session === current) {
+            endSession("Your session has ended; log in again.");
+          }
+          throw error;
+        } finally {
+          refreshing = null;
+        }
+      })();
+    }
+    return refreshing;
+  }
+
+  async function logIn(email, password) {
+    const answer = await postToCommand("/v1/auth/login", { email, password });
+    if (answer.role !== "admin" && answer.role !== "analyst") {
+      // Give the refresh token back, since this page cannot use it.
+      postToCommand("/v1/auth/logout", { refresh_token: answer.refresh_token }).catch(() => {});
+      throw new CommandError(403, "This account has the role user; the live map needs an admin or analyst account.");
+    }
+    startSession(answer);
+  }
+
+  // Forgets the tokens, stops the live view and shows the login form with `message`.
+  function endSession(message) {
+    const ended = session;
+    session = null;
+    clearTimeout(refreshTimer);
+    socket.disconnect();
+    if (ended) {
+      postToCommand("/v1/auth/logout", { refresh_token: ended.refreshToken }).catch(() => {});
+    }
+    state.users = new Map();
+    state.updates = 0;
+    state.resumeAfter = 0;
+    state.subscription = null;
+    state.nameQueue = [];
+    state.namesRequested = new Set();
+    elements.account.hidden = true;
+    elements.liveView.hidden = true;
+    elements.login.hidden = false;
+    showLoginError(message);
+    showConnection("logged-out", "Logged out");
+  }
+
+  function showLoginError(message) {
+    elements.loginError.textContent = message || "";
+    elements.loginError.hidden = !message;
+  }
+
+  // Fetches `path` of this service with the access token. A 401 `token_expired` refreshes
+  // the token and tries once more.
+  async function fetchWithToken(path) {
+    for (let attempt = 0; ; attempt += 1) {
+      if (!session) {
+        throw new Error("logged out");
+      }
+      const response = await fetch(path, {
+        headers: { Accept: "application/json", Authorization: `Bearer ${session.accessToken}` },
+      });
+      if (response.status !== 401 || attempt > 0) {
+        return response;
+      }
+      const body = await response.json().catch(() => ({}));
+      if (body.error !== "token_expired") {
+        endSession("Your session is no longer valid; log in again.");
+        throw new Error(`GET ${path} returned 401 ${body.error}`);
+      }
+      await refreshSession();
+    }
+  }
+
   // ---- snapshot -------------------------------------------------------------------
 
   async function fetchSnapshot() {
-    const response = await fetch("/v1/locations/latest", { headers: { Accept: "application/json" } });
+    const response = await fetchWithToken("/v1/locations/latest");
     if (!response.ok) {
       throw new Error(`GET /v1/locations/latest returned ${response.status}`);
     }
@@ -69,17 +258,25 @@
   }
 
   // Replaces every user with the snapshot, retrying with growing delays while it fails.
+  // Returns false when the session ended meanwhile.
   async function loadSnapshot() {
     state.loadingSnapshot = true;
     for (let attempt = 0; ; attempt += 1) {
+      if (!session) {
+        state.loadingSnapshot = false;
+        return false;
+      }
       try {
         const snapshot = await fetchSnapshot();
         applySnapshot(snapshot);
         state.loadingSnapshot = false;
-        return;
+        return true;
       } catch (error) {
+        if (!session) {
+          continue;
+        }
         const delay = SNAPSHOT_RETRY_MS[Math.min(attempt, SNAPSHOT_RETRY_MS.length - 1)];
-        console.warn("loading the snapshot failed", error);
+        console.warn("loading the snapshot failed", error.message);
         showConnection("error", `Snapshot failed, retrying in ${delay / 1000} s`);
         await new Promise((resolve) => setTimeout(resolve, delay));
       }
@@ -135,7 +332,10 @@
     if (!user) {
       user = { name: null, trail: [], updatedAt: 0 };
       state.users.set(update.user_id, user);
-      requestName(update.user_id);
+      // Analysts read no personal data, so only admins see names.
+      if (session && session.role === "admin") {
+        requestName(update.user_id);
+      }
     }
     // Every LocationRecorded event takes the next sequence of the user's track, so the
     // highest sequence seen is the number of positions recorded.
@@ -157,8 +357,7 @@
     console.warn("subscription reset by the server:", reason);
     state.subscription = null;
     showConnection("connecting", "Reloading");
-    await loadSnapshot();
-    if (socket.connected) {
+    if ((await loadSnapshot()) && socket.connected) {
       subscribe();
     }
   }
@@ -199,7 +398,7 @@
   }
 
   async function fetchName(userId) {
-    const response = await fetch(`/v1/users/${encodeURIComponent(userId)}`);
+    const response = await fetchWithToken(`/v1/users/${encodeURIComponent(userId)}`);
     if (!response.ok) {
       throw new Error(`GET /v1/users/${userId} returned ${response.status}`);
     }
@@ -469,7 +668,7 @@
   function userRow(userId, user) {
     const row = document.createElement("tr");
     row.dataset.userId = userId;
-    if (!user.name) {
+    if (!user.name && session && session.role === "admin") {
       row.dataset.namePending = "true";
     }
     const name = document.createElement("td");
@@ -501,6 +700,36 @@
 
   // ---- start ----------------------------------------------------------------------
 
+  // Shows the live view for the current session, loads the snapshot and connects.
+  async function startLiveView() {
+    elements.login.hidden = true;
+    elements.liveView.hidden = false;
+    elements.account.hidden = false;
+    elements.accountText.textContent = `Logged in as ${session.role}`;
+    showConnection("connecting", "Loading");
+    scheduleRender();
+    if (await loadSnapshot()) {
+      showConnection("connecting", "Connecting");
+      socket.connect();
+    }
+  }
+
+  elements.loginForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    showLoginError("");
+    elements.loginSubmit.disabled = true;
+    try {
+      await logIn(elements.loginEmail.value.trim(), elements.loginPassword.value);
+      elements.loginPassword.value = "";
+      startLiveView();
+    } catch (error) {
+      showLoginError(error.message);
+    } finally {
+      elements.loginSubmit.disabled = false;
+    }
+  });
+  elements.logoutButton.addEventListener("click", () => endSession(""));
+
   socket.on("connect", () => {
     // After a reset the snapshot reload subscribes once it has the new position.
     if (state.loadingSnapshot) {
@@ -517,21 +746,46 @@
   });
   socket.on("disconnect", (reason) => {
     state.subscription = null;
+    if (!session) {
+      return;
+    }
     showConnection("disconnected", "Reconnecting");
-    // The client reconnects by itself, except when the server closed the connection.
+    // The client reconnects by itself, except when the server closed the connection, as
+    // it does when the access token expires. The refresh a minute before expiry has
+    // already replaced the token that the `auth` callback sends.
     if (reason === "io server disconnect") {
       socket.connect();
     }
   });
   socket.on("connect_error", (error) => {
-    console.warn("Socket.IO connection failed", error.message);
-    showConnection("disconnected", "Server unreachable, retrying");
+    if (socket.active) {
+      // The server could not be reached; the client keeps retrying by itself.
+      console.warn("Socket.IO connection failed", error.message);
+      showConnection("disconnected", "Server unreachable, retrying");
+      return;
+    }
+    // The server rejected the handshake with the message `<code>: <sentence>`, and the
+    // client does not retry by itself.
+    const code = error.message.split(":", 1)[0];
+    if (!session) {
+      return;
+    }
+    if (code === "token_expired") {
+      showConnection("connecting", "Refreshing the session");
+      refreshSession().then(() => socket.connect(), () => {});
+    } else if (code === "rate_limited" || code === "internal") {
+      const seconds = Number((/retry after (\d+) s/.exec(error.message) || [])[1]);
+      const delay = seconds > 0 ? seconds * 1000 : RETRY_MS;
+      const problem = code === "rate_limited" ? "Too many requests" : "Server error";
+      showConnection("error", `${problem}, retrying in ${Math.ceil(delay / 1000)} s`);
+      setTimeout(() => {
+        if (session) {
+          socket.connect();
+        }
+      }, delay);
+    } else {
+      endSession(`The live updates rejected the session (${error.message}); log in again.`);
+    }
   });
   window.addEventListener("resize", scheduleRender);
-
-  loadSnapshot().then(() => {
-    showConnection("connecting", "Connecting");
-    socket.connect();
-  });
-  scheduleRender();
 })();

@@ -1,8 +1,9 @@
 //! The live map page at `GET /` and its static files under `/assets/`.
 //!
 //! Every file is compiled into the binary, so the page works without network access beyond
-//! this service and its Socket.IO port. The HTML carries that port, which the page's script
-//! connects to on the host it was loaded from.
+//! this service, its Socket.IO port and the command service it logs in at. The HTML carries
+//! that port, which the page's script connects to on the host it was loaded from, and the
+//! command service's URL.
 
 use std::sync::Arc;
 
@@ -17,6 +18,8 @@ use crate::error::ApiError;
 const PAGE_TEMPLATE: &str = include_str!("../assets/dashboard.html");
 /// Text in [`PAGE_TEMPLATE`] that is replaced by the Socket.IO port.
 const SOCKET_PORT_PLACEHOLDER: &str = "{{socket_port}}";
+/// Text in [`PAGE_TEMPLATE`] that is replaced by the command service's base URL.
+const COMMAND_URL_PLACEHOLDER: &str = "{{command_url}}";
 
 /// A file served under `/assets/`.
 struct Asset {
@@ -45,21 +48,51 @@ const ASSETS: [Asset; 3] = [
 ];
 
 /// Routes of the page and its assets, for a service whose Socket.IO server listens on
-/// `socket_port`.
-pub fn router<S>(socket_port: u16) -> Router<S>
+/// `socket_port`. The page logs in at the command service at `command_url`, a URL that
+/// [`parse_public_url`] accepted.
+pub fn router<S>(socket_port: u16, command_url: &str) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    let page = Arc::new(render_page(socket_port));
+    let page = Arc::new(render_page(socket_port, command_url));
     Router::new()
         .route("/", get(get_dashboard))
         .route("/assets/{name}", get(get_asset))
         .with_state(page)
 }
 
-/// Fills the Socket.IO port into the page template.
-fn render_page(socket_port: u16) -> String {
-    PAGE_TEMPLATE.replace(SOCKET_PORT_PLACEHOLDER, &socket_port.to_string())
+/// Fills the Socket.IO port and the command service's URL into the page template.
+fn render_page(socket_port: u16, command_url: &str) -> String {
+    PAGE_TEMPLATE
+        .replace(SOCKET_PORT_PLACEHOLDER, &socket_port.to_string())
+        .replace(COMMAND_URL_PLACEHOLDER, command_url)
+}
+
+/// Checks the value of the environment variable `name`: an `http` or `https` URL of a host,
+/// without a query, fragment or characters that HTML would need escaped. Returns it without
+/// a trailing slash, ready to have a path such as `/v1/auth/login` appended.
+pub fn parse_public_url(name: &str, raw: &str) -> anyhow::Result<String> {
+    let url = raw.trim().trim_end_matches('/');
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    let Some(rest) = rest else {
+        anyhow::bail!("{name} must start with http:// or https://, got {raw:?}");
+    };
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() {
+        anyhow::bail!("{name} must name a host, such as http://127.0.0.1:8080, got {raw:?}");
+    }
+    let allowed = |character: char| {
+        character.is_ascii_alphanumeric() || "-._~:/[]%@!$()*+,;=".contains(character)
+    };
+    if let Some(character) = url.chars().find(|character| !allowed(*character)) {
+        anyhow::bail!(
+            "{name} must be a plain URL without query, fragment, quotes or spaces; \
+             {character:?} in {raw:?} is not allowed"
+        );
+    }
+    Ok(url.to_owned())
 }
 
 async fn get_dashboard(State(page): State<Arc<String>>) -> Response {
@@ -94,7 +127,7 @@ mod tests {
     use super::*;
 
     async fn get(path: &str) -> (StatusCode, Option<String>, String) {
-        let response = router::<()>(8091)
+        let response = router::<()>(8091, COMMAND_URL)
             .oneshot(Request::get(path).body(Body::empty()).expect("request"))
             .await
             .expect("router is infallible");
@@ -114,6 +147,8 @@ mod tests {
         )
     }
 
+    const COMMAND_URL: &str = "http://127.0.0.1:8080";
+
     #[tokio::test]
     async fn page_carries_socket_port() {
         let (status, content_type, body) = get("/").await;
@@ -126,12 +161,37 @@ mod tests {
         assert!(!body.contains(SOCKET_PORT_PLACEHOLDER), "placeholder left");
     }
 
+    #[tokio::test]
+    async fn page_carries_command_url() {
+        let (_, _, body) = get("/").await;
+        assert!(
+            body.contains(r#"<meta name="meridian-command-url" content="http://127.0.0.1:8080">"#),
+            "page lacks the command service's URL: {body}"
+        );
+        assert!(!body.contains(COMMAND_URL_PLACEHOLDER), "placeholder left");
+    }
+
+    #[test]
+    fn page_has_login_form() {
+        let page = render_page(8091, COMMAND_URL);
+        // Browser tests log in through these elements.
+        for id in ["login-form", "login-email", "login-password", "login-error"] {
+            assert!(page.contains(&format!(r#"id="{id}""#)), "no element {id}");
+        }
+        assert!(
+            page.contains(r#"type="password""#),
+            "password is not masked"
+        );
+    }
+
     #[test]
     fn page_loads_only_local_files() {
-        let page = render_page(8091);
+        let page = render_page(8091, COMMAND_URL);
+        // The command service's URL is where the login form posts to, not a file to load.
         let references: Vec<&str> = page
             .split(['"', '\''])
             .filter(|part| part.contains("://") || part.starts_with("//"))
+            .filter(|part| *part != COMMAND_URL)
             .collect();
         assert!(
             references.is_empty(),
@@ -165,6 +225,41 @@ mod tests {
             body.contains("Released under the MIT License."),
             "no licence"
         );
+    }
+
+    #[test]
+    fn public_url_loses_trailing_slash() {
+        let url = parse_public_url("URL", " https://meridian.example:8443/ ").unwrap();
+        assert_eq!(url, "https://meridian.example:8443");
+    }
+
+    #[test]
+    fn public_url_accepts_path_prefix() {
+        let url = parse_public_url("URL", "http://127.0.0.1:8080/command").unwrap();
+        assert_eq!(url, "http://127.0.0.1:8080/command");
+    }
+
+    #[test]
+    fn public_url_rejects_bad_values() {
+        for raw in [
+            "",
+            "127.0.0.1:8080",
+            "ftp://host",
+            "http://",
+            "http:///path",
+            "javascript:alert(1)",
+            "http://host/\"><script>",
+            "http://host/a b",
+            "http://host/?q=1",
+            "http://host/#top",
+            "http://host/'",
+        ] {
+            let error = parse_public_url("MERIDIAN_COMMAND_PUBLIC_URL", raw).unwrap_err();
+            assert!(
+                error.to_string().contains("MERIDIAN_COMMAND_PUBLIC_URL"),
+                "{raw:?}: {error}"
+            );
+        }
     }
 
     #[tokio::test]

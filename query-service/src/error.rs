@@ -2,10 +2,11 @@
 //! each error response with the request id.
 
 use axum::extract::Request;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use meridian_auth::AuthError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -13,13 +14,15 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ErrorBody {
     /// Machine-readable code: `invalid_request`, `validation_failed`, `not_found`,
-    /// `not_yet_consistent` or `internal`.
+    /// `not_yet_consistent`, `internal`, or one of the authentication codes
+    /// `unauthenticated`, `invalid_token`, `token_expired`, `forbidden` and `rate_limited`.
     #[schema(example = "validation_failed")]
     pub error: String,
     /// Human-readable sentence.
     pub message: String,
     /// Name of the rejected path segment, query parameter or header, for
-    /// `validation_failed` and for an `invalid_request` caused by one field.
+    /// `validation_failed`, for an `invalid_request` caused by one field, and for a
+    /// `forbidden` caused by one field, such as the `id` of another user.
     pub field: Option<String>,
     /// Reason the field was rejected, whenever `field` is set.
     pub reason: Option<String>,
@@ -71,6 +74,11 @@ pub enum ApiError {
         max_wait_ms: u128,
         progress: Option<ReadProgress>,
     },
+    /// 401, 403 or 429: the caller is not authenticated, may not read this, or sent too
+    /// many requests. The `From` conversion turns [`AuthError::Internal`] into
+    /// [`ApiError::Internal`] instead, so that its cause is logged.
+    #[error(transparent)]
+    Auth(AuthError),
     /// 503: a dependency such as PostgreSQL does not respond. The cause is logged, not
     /// returned.
     #[error("service unavailable")]
@@ -97,6 +105,15 @@ impl ApiError {
 
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::NotFound(message.into())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Internal(cause) => Self::Internal(cause),
+            other => Self::Auth(other),
+        }
     }
 }
 
@@ -156,6 +173,20 @@ impl IntoResponse for ApiError {
                 None,
                 None,
             ),
+            Self::Auth(error) => {
+                let field = match error {
+                    AuthError::Forbidden { field, .. } => field.clone(),
+                    _ => None,
+                };
+                let reason = field.as_ref().map(|_| error.to_string());
+                (
+                    error.status(),
+                    error.code(),
+                    error.to_string(),
+                    field,
+                    reason,
+                )
+            }
             Self::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "internal",
@@ -197,12 +228,28 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if let Self::Auth(error) = &self {
+            add_auth_headers(response.headers_mut(), error);
+        }
         if let Self::Unavailable(cause) | Self::Internal(cause) = self {
             response
                 .extensions_mut()
                 .insert(ErrorCause(format!("{cause:#}")));
         }
         response
+    }
+}
+
+/// Adds `WWW-Authenticate` to a 401 and `Retry-After` to a 429.
+fn add_auth_headers(headers: &mut HeaderMap, error: &AuthError) {
+    if let Some(challenge) = error.www_authenticate() {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
+    }
+    if let Some(seconds) = error.retry_after_secs() {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
 }
 

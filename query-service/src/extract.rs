@@ -49,6 +49,14 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+/// Turns a query-string rejection into a 400, naming the parameter when serde names it.
+pub fn invalid_query(rejection: QueryRejection) -> ApiError {
+    match ApiError::from(rejection) {
+        ApiError::Validation { field, reason } => ApiError::InvalidField { field, reason },
+        other => other,
+    }
+}
+
 /// Returns the first name quoted in backticks in a serde message such as
 /// "duplicate field `limit`".
 fn quoted_field(message: &str) -> Option<String> {

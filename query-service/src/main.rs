@@ -34,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
         stop.clone(),
     )
     .await?;
-    let live = Arc::new(Live::new(hub));
+    let live = Arc::new(Live::new(hub, state.auth.clone()));
 
     let signal = stop.clone();
     tokio::spawn(async move {

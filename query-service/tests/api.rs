@@ -1,10 +1,16 @@
 //! The query service against a real PostgreSQL database of its own, with rows written
-//! straight into the read-model tables.
+//! straight into the read-model tables, and tokens signed with a key made for each test.
 
 use std::future::Future;
+use std::sync::Arc;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
-use meridian_event_log::testing::TestDatabase;
+use meridian_auth::keys::{KeyFile, KeyStore};
+use meridian_auth::token::{Claims, TokenService, AUDIENCE, ISSUER};
+use meridian_auth::{Auth, AuthSettings, Limits, Role};
+use meridian_event_log::testing::{unique_topic_prefix, TestDatabase};
 use meridian_query_service::read_your_writes::DEFAULT_READ_WAIT;
 use meridian_query_service::{serve, AppState};
 use reqwest::StatusCode;
@@ -16,36 +22,68 @@ use uuid::Uuid;
 
 const TOPIC: &str = "test.query.events";
 
-/// A running query service and the pool of its database.
+/// A running query service, the pool of its database, and its authentication state, which
+/// signs the tests' tokens.
 #[derive(Clone)]
 struct Server {
     base: String,
     client: reqwest::Client,
     pool: PgPool,
+    auth: Auth,
+    /// The key file whose active key signs the server's tokens.
+    keys: KeyFile,
 }
 
+type Answer = (StatusCode, reqwest::header::HeaderMap, Value);
+
 impl Server {
-    async fn get(&self, path: &str) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-        self.get_query(path, &[]).await
+    /// Returns an access token of `user_id` with `role`.
+    fn token(&self, user_id: Uuid, role: Role) -> String {
+        self.auth
+            .tokens()
+            .issue(&user_id.to_string(), role)
+            .expect("issue a token")
+            .token
     }
 
-    async fn get_query(
-        &self,
-        path: &str,
-        query: &[(&str, &str)],
-    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-        let response = self
+    fn user_token(&self, user_id: Uuid) -> String {
+        self.token(user_id, Role::User)
+    }
+
+    fn admin_token(&self) -> String {
+        self.token(Uuid::new_v4(), Role::Admin)
+    }
+
+    fn analyst_token(&self) -> String {
+        self.token(Uuid::new_v4(), Role::Analyst)
+    }
+
+    /// Sends a GET with `token` as the bearer token.
+    async fn get(&self, token: &str, path: &str) -> Answer {
+        self.get_query(token, path, &[]).await
+    }
+
+    async fn get_query(&self, token: &str, path: &str, query: &[(&str, &str)]) -> Answer {
+        let request = self
             .client
             .get(format!("{}{path}", self.base))
             .query(query)
-            .send()
-            .await
-            .expect("request failed");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.json().await.expect("body is not JSON");
-        (status, headers, body)
+            .bearer_auth(token);
+        send(request).await
     }
+
+    /// Sends a GET without an `Authorization` header.
+    async fn get_open(&self, path: &str) -> Answer {
+        send(self.client.get(format!("{}{path}", self.base))).await
+    }
+}
+
+async fn send(request: reqwest::RequestBuilder) -> Answer {
+    let response = request.send().await.expect("request failed");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.json().await.expect("body is not JSON");
+    (status, headers, body)
 }
 
 /// Runs `test` against a fresh database and server, then stops the server and drops the
@@ -55,7 +93,7 @@ where
     F: FnOnce(Server) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    with_server_waiting(DEFAULT_READ_WAIT, test).await;
+    with_server_configured(DEFAULT_READ_WAIT, Limits::generous(), test).await;
 }
 
 /// Same as [`with_server`], with `read_wait` as the maximum wait for a minimum position.
@@ -64,12 +102,33 @@ where
     F: FnOnce(Server) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    with_server_configured(read_wait, Limits::generous(), test).await;
+}
+
+/// Same as [`with_server`], with these rate limits.
+async fn with_server_limited<F, Fut>(limits: Limits, test: F)
+where
+    F: FnOnce(Server) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    with_server_configured(DEFAULT_READ_WAIT, limits, test).await;
+}
+
+async fn with_server_configured<F, Fut>(read_wait: std::time::Duration, limits: Limits, test: F)
+where
+    F: FnOnce(Server) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let database = TestDatabase::create().await.expect("test database");
+    let keys = KeyFile::generate();
+    let auth = test_auth(&database.pool, &keys, limits);
     let state = AppState {
         pool: database.pool.clone(),
         events_topic: TOPIC.to_owned(),
         read_wait,
         socket_addr: "127.0.0.1:8091".parse().expect("socket address"),
+        command_public_url: "http://127.0.0.1:8080".to_owned(),
+        auth: auth.clone(),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("address"));
@@ -82,6 +141,8 @@ where
         base,
         client: reqwest::Client::new(),
         pool: database.pool.clone(),
+        auth,
+        keys,
     }))
     .await;
 
@@ -91,6 +152,25 @@ where
     if let Err(error) = outcome {
         std::panic::resume_unwind(error.into_panic());
     }
+}
+
+/// Builds authentication with the signing keys of `keys`, `limits`, and rate-limit counters
+/// under a Redis prefix of its own.
+fn test_auth(pool: &PgPool, keys: &KeyFile, limits: Limits) -> Auth {
+    let keys = KeyStore::fixed(keys).expect("signing keys");
+    let mut settings = AuthSettings::from_vars(|_| None).expect("default auth settings");
+    settings.limits = limits;
+    let redis_url = meridian_event_log::Settings::from_env()
+        .expect("settings")
+        .redis_url;
+    Auth::with_keys(
+        &settings,
+        Arc::new(keys),
+        pool.clone(),
+        &redis_url,
+        &unique_topic_prefix(),
+    )
+    .expect("auth")
 }
 
 fn time(seconds: i64) -> DateTime<Utc> {
@@ -157,7 +237,8 @@ async fn user_by_id_returns_read_model() {
         let user_id = Uuid::new_v4();
         insert_user(&server.pool, user_id, "vessel-1@ais.example", true).await;
 
-        let (status, _, body) = server.get(&format!("/v1/users/{user_id}")).await;
+        let token = server.user_token(user_id);
+        let (status, _, body) = server.get(&token, &format!("/v1/users/{user_id}")).await;
 
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
@@ -196,11 +277,12 @@ async fn user_by_id_returns_each_role_change() {
         let user_id = Uuid::new_v4();
         insert_user(&server.pool, user_id, "vessel-1@ais.example", true).await;
         let path = format!("/v1/users/{user_id}");
+        let token = server.user_token(user_id);
 
         for role in ["admin", "analyst", "user"] {
             set_role(&server.pool, user_id, role).await;
 
-            let (status, _, body) = server.get(&path).await;
+            let (status, _, body) = server.get(&token, &path).await;
 
             assert_eq!(status, StatusCode::OK, "body: {body}");
             assert_eq!(body["role"], role, "body: {body}");
@@ -217,7 +299,11 @@ async fn users_by_email_include_role() {
         set_role(&server.pool, user_id, "analyst").await;
 
         let (_, _, body) = server
-            .get_query("/v1/users", &[("email", "vessel-1@ais.example")])
+            .get_query(
+                &server.admin_token(),
+                "/v1/users",
+                &[("email", "vessel-1@ais.example")],
+            )
             .await;
 
         assert_eq!(body["users"][0]["role"], "analyst", "body: {body}");
@@ -255,7 +341,7 @@ async fn read_model_rejects_unknown_role() {
 #[tokio::test]
 async fn openapi_lists_roles_of_user() {
     with_server(|server| async move {
-        let (_, _, body) = server.get("/openapi.json").await;
+        let (_, _, body) = server.get_open("/openapi.json").await;
 
         let user = &body["components"]["schemas"]["UserView"];
         let role = &user["properties"]["role"];
@@ -271,8 +357,10 @@ async fn openapi_lists_roles_of_user() {
 async fn unknown_ids_are_not_found() {
     with_server(|server| async move {
         let user_id = Uuid::new_v4();
+        let token = server.user_token(user_id);
         for suffix in ["", "/profile", "/location", "/locations"] {
-            let (status, _, body) = server.get(&format!("/v1/users/{user_id}{suffix}")).await;
+            let path = format!("/v1/users/{user_id}{suffix}");
+            let (status, _, body) = server.get(&token, &path).await;
             assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
             assert_eq!(body["field"], Value::Null);
         }
@@ -283,8 +371,10 @@ async fn unknown_ids_are_not_found() {
 #[tokio::test]
 async fn non_uuid_id_is_rejected_naming_id() {
     with_server(|server| async move {
+        let token = server.admin_token();
         for suffix in ["", "/profile", "/location", "/locations"] {
-            let (status, _, body) = server.get(&format!("/v1/users/not-a-uuid{suffix}")).await;
+            let path = format!("/v1/users/not-a-uuid{suffix}");
+            let (status, _, body) = server.get(&token, &path).await;
             assert_field_rejected(status, &body, "id");
         }
     })
@@ -299,7 +389,11 @@ async fn users_by_email_matches_normalized_email() {
         insert_user(&server.pool, Uuid::new_v4(), "other@ais.example", true).await;
 
         let (status, _, body) = server
-            .get_query("/v1/users", &[("email", "  Vessel-1@AIS.Example ")])
+            .get_query(
+                &server.admin_token(),
+                "/v1/users",
+                &[("email", "  Vessel-1@AIS.Example ")],
+            )
             .await;
 
         assert_eq!(status, StatusCode::OK);
@@ -315,7 +409,11 @@ async fn users_by_email_matches_normalized_email() {
 async fn users_by_unknown_email_is_empty() {
     with_server(|server| async move {
         let (status, _, body) = server
-            .get_query("/v1/users", &[("email", "nobody@ais.example")])
+            .get_query(
+                &server.admin_token(),
+                "/v1/users",
+                &[("email", "nobody@ais.example")],
+            )
             .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, json!({"users": []}));
@@ -326,10 +424,13 @@ async fn users_by_unknown_email_is_empty() {
 #[tokio::test]
 async fn users_by_email_needs_email() {
     with_server(|server| async move {
-        let (status, _, body) = server.get("/v1/users").await;
+        let token = server.admin_token();
+        let (status, _, body) = server.get(&token, "/v1/users").await;
         assert_field_rejected(status, &body, "email");
 
-        let (status, _, body) = server.get_query("/v1/users", &[("email", "  ")]).await;
+        let (status, _, body) = server
+            .get_query(&token, "/v1/users", &[("email", "  ")])
+            .await;
         assert_field_rejected(status, &body, "email");
     })
     .await;
@@ -353,7 +454,10 @@ async fn profile_returns_settings_and_image() {
         .await
         .expect("insert rm_profiles");
 
-        let (status, _, body) = server.get(&format!("/v1/users/{user_id}/profile")).await;
+        let token = server.user_token(user_id);
+        let (status, _, body) = server
+            .get(&token, &format!("/v1/users/{user_id}/profile"))
+            .await;
 
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
@@ -388,7 +492,10 @@ async fn latest_location_returns_stored_fix() {
         .await
         .expect("insert rm_latest_locations");
 
-        let (status, _, body) = server.get(&format!("/v1/users/{user_id}/location")).await;
+        let token = server.user_token(user_id);
+        let (status, _, body) = server
+            .get(&token, &format!("/v1/users/{user_id}/location"))
+            .await;
 
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
@@ -415,6 +522,7 @@ async fn read_all_pages(
     query: &[(&str, &str)],
 ) -> (Vec<Value>, usize) {
     let path = format!("/v1/users/{user_id}/locations");
+    let token = server.user_token(user_id);
     let mut items = Vec::new();
     let mut cursor: Option<String> = None;
     let mut pages = 0;
@@ -423,7 +531,7 @@ async fn read_all_pages(
         if let Some(cursor) = cursor.as_deref() {
             page_query.push(("cursor", cursor));
         }
-        let (status, _, body) = server.get_query(&path, &page_query).await;
+        let (status, _, body) = server.get_query(&token, &path, &page_query).await;
         assert_eq!(status, StatusCode::OK, "body: {body}");
         items.extend(body["items"].as_array().expect("items").iter().cloned());
         pages += 1;
@@ -478,7 +586,11 @@ async fn history_page_exactly_full_has_no_cursor() {
         }
 
         let (status, _, body) = server
-            .get_query(&format!("/v1/users/{user_id}/locations"), &[("limit", "5")])
+            .get_query(
+                &server.user_token(user_id),
+                &format!("/v1/users/{user_id}/locations"),
+                &[("limit", "5")],
+            )
             .await;
 
         assert_eq!(status, StatusCode::OK);
@@ -526,6 +638,7 @@ async fn history_accepts_offset_timestamps() {
 
         let (status, _, body) = server
             .get_query(
+                &server.user_token(user_id),
                 &format!("/v1/users/{user_id}/locations"),
                 &[("from", "2020-06-30T03:00:00+01:00")],
             )
@@ -544,7 +657,10 @@ async fn history_of_user_without_locations_is_empty() {
         let user_id = Uuid::new_v4();
         insert_user(&server.pool, user_id, "a@ais.example", true).await;
 
-        let (status, _, body) = server.get(&format!("/v1/users/{user_id}/locations")).await;
+        let token = server.user_token(user_id);
+        let (status, _, body) = server
+            .get(&token, &format!("/v1/users/{user_id}/locations"))
+            .await;
 
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, json!({"items": [], "next_cursor": null}));
@@ -558,6 +674,7 @@ async fn history_rejects_invalid_parameters() {
         let user_id = Uuid::new_v4();
         insert_user(&server.pool, user_id, "a@ais.example", true).await;
         let path = format!("/v1/users/{user_id}/locations");
+        let token = server.user_token(user_id);
         let cases: [(&[(&str, &str)], &str); 10] = [
             (&[("limit", "0")], "limit"),
             (&[("limit", "1001")], "limit"),
@@ -577,7 +694,7 @@ async fn history_rejects_invalid_parameters() {
             (&[("cursor", "")], "cursor"),
         ];
         for (query, field) in cases {
-            let (status, _, body) = server.get_query(&path, query).await;
+            let (status, _, body) = server.get_query(&token, &path, query).await;
             assert_field_rejected(status, &body, field);
         }
     })
@@ -654,7 +771,7 @@ async fn stats_count_rows_and_projection_lag() {
         .await
         .expect("insert projection_offsets");
 
-        let (status, _, body) = server.get("/v1/stats").await;
+        let (status, _, body) = server.get(&server.analyst_token(), "/v1/stats").await;
 
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
@@ -676,7 +793,7 @@ async fn stats_count_rows_and_projection_lag() {
 #[tokio::test]
 async fn stats_of_empty_database_show_no_lag() {
     with_server(|server| async move {
-        let (status, _, body) = server.get("/v1/stats").await;
+        let (status, _, body) = server.get(&server.analyst_token(), "/v1/stats").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["events"], 0);
         assert_eq!(body["projections"]["read-models"]["lag"], 0);
@@ -688,7 +805,7 @@ async fn stats_of_empty_database_show_no_lag() {
 #[tokio::test]
 async fn healthz_reports_ok() {
     with_server(|server| async move {
-        let (status, _, body) = server.get("/healthz").await;
+        let (status, _, body) = server.get_open("/healthz").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body, json!({"status": "ok"}));
     })
@@ -698,7 +815,7 @@ async fn healthz_reports_ok() {
 #[tokio::test]
 async fn openapi_lists_every_route() {
     with_server(|server| async move {
-        let (status, _, body) = server.get("/openapi.json").await;
+        let (status, _, body) = server.get_open("/openapi.json").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["openapi"], "3.1.0");
         for path in [
@@ -712,6 +829,7 @@ async fn openapi_lists_every_route() {
             "/v1/users/{id}/locations",
             "/v1/locations/latest",
             "/v1/stats",
+            "/v1/events",
         ] {
             assert!(body["paths"][path]["get"].is_object(), "{path} is missing");
         }
@@ -722,7 +840,8 @@ async fn openapi_lists_every_route() {
 #[tokio::test]
 async fn request_id_is_generated_and_echoed() {
     with_server(|server| async move {
-        let (_, headers, body) = server.get(&format!("/v1/users/{}", Uuid::new_v4())).await;
+        let path = format!("/v1/users/{}", Uuid::new_v4());
+        let (_, headers, body) = server.get(&server.admin_token(), &path).await;
         let generated = headers["x-request-id"].to_str().expect("header");
         assert!(!generated.is_empty());
         assert_eq!(body["request_id"], generated);
@@ -742,12 +861,13 @@ async fn request_id_is_generated_and_echoed() {
 #[tokio::test]
 async fn unknown_route_and_method_get_json_errors() {
     with_server(|server| async move {
-        let (status, _, body) = server.get("/v1/nothing-here").await;
+        let (status, _, body) = server.get_open("/v1/nothing-here").await;
         assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
 
         let response = server
             .client
             .post(format!("{}/v1/stats", server.base))
+            .bearer_auth(server.analyst_token())
             .send()
             .await
             .expect("request failed");
@@ -771,7 +891,8 @@ async fn database_failure_returns_opaque_error() {
             .await
             .expect("drop rm_users");
 
-        let (status, _, body) = server.get(&format!("/v1/users/{}", Uuid::new_v4())).await;
+        let path = format!("/v1/users/{}", Uuid::new_v4());
+        let (status, _, body) = server.get(&server.admin_token(), &path).await;
 
         assert_error(status, &body, StatusCode::INTERNAL_SERVER_ERROR, "internal");
         let message = body["message"].as_str().unwrap_or_default();
@@ -833,7 +954,8 @@ async fn get_image(
 ) -> reqwest::Response {
     let mut request = server
         .client
-        .get(format!("{}/v1/users/{user_id}/profile/image", server.base));
+        .get(format!("{}/v1/users/{user_id}/profile/image", server.base))
+        .bearer_auth(server.user_token(user_id));
     if let Some(etag) = if_none_match {
         request = request.header("if-none-match", etag);
     }
@@ -855,7 +977,10 @@ async fn profile_includes_encrypted_image_metadata() {
         let user_id = Uuid::new_v4();
         insert_profile_with_image(&server.pool, user_id, Some(encrypted_image(IMAGE_ID))).await;
 
-        let (status, _, body) = server.get(&format!("/v1/users/{user_id}/profile")).await;
+        let token = server.user_token(user_id);
+        let (status, _, body) = server
+            .get(&token, &format!("/v1/users/{user_id}/profile"))
+            .await;
 
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["encrypted_image"], encrypted_image(IMAGE_ID));
@@ -945,7 +1070,10 @@ async fn profile_image_without_upload_is_not_found() {
         insert_profile_with_image(&server.pool, user_id, None).await;
 
         let (status, _, body) = server
-            .get(&format!("/v1/users/{user_id}/profile/image"))
+            .get(
+                &server.user_token(user_id),
+                &format!("/v1/users/{user_id}/profile/image"),
+            )
             .await;
 
         assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
@@ -961,7 +1089,10 @@ async fn profile_image_of_unknown_user_is_not_found() {
         let user_id = Uuid::new_v4();
 
         let (status, _, body) = server
-            .get(&format!("/v1/users/{user_id}/profile/image"))
+            .get(
+                &server.user_token(user_id),
+                &format!("/v1/users/{user_id}/profile/image"),
+            )
             .await;
 
         assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
@@ -976,7 +1107,10 @@ async fn profile_image_missing_from_storage_is_not_found() {
         insert_profile_with_image(&server.pool, user_id, Some(encrypted_image(IMAGE_ID))).await;
 
         let (status, _, body) = server
-            .get(&format!("/v1/users/{user_id}/profile/image"))
+            .get(
+                &server.user_token(user_id),
+                &format!("/v1/users/{user_id}/profile/image"),
+            )
             .await;
 
         assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
@@ -989,7 +1123,7 @@ async fn profile_image_missing_from_storage_is_not_found() {
 #[tokio::test]
 async fn openapi_describes_image_download() {
     with_server(|server| async move {
-        let (_, _, body) = server.get("/openapi.json").await;
+        let (_, _, body) = server.get_open("/openapi.json").await;
 
         let operation = &body["paths"]["/v1/users/{id}/profile/image"]["get"];
         let ok = &operation["responses"]["200"];
@@ -1010,7 +1144,9 @@ async fn openapi_describes_image_download() {
 #[tokio::test]
 async fn profile_image_of_non_uuid_is_rejected() {
     with_server(|server| async move {
-        let (status, _, body) = server.get("/v1/users/42/profile/image").await;
+        let (status, _, body) = server
+            .get(&server.admin_token(), "/v1/users/42/profile/image")
+            .await;
         assert_field_rejected(status, &body, "id");
     })
     .await;
@@ -1083,22 +1219,22 @@ async fn set_applied(connection: &mut sqlx::PgConnection, user_id: Uuid, sequenc
 }
 
 impl Server {
-    /// Sends a GET with an optional `X-Min-Position` header.
+    /// Sends a GET as an admin with an optional `X-Min-Position` header.
     async fn get_min_position(
         &self,
         path: &str,
         query: &[(&str, &str)],
         header: Option<&str>,
-    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-        let mut request = self.client.get(format!("{}{path}", self.base)).query(query);
+    ) -> Answer {
+        let mut request = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .query(query)
+            .bearer_auth(self.admin_token());
         if let Some(value) = header {
             request = request.header("X-Min-Position", value);
         }
-        let response = request.send().await.expect("request failed");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.json().await.expect("body is not JSON");
-        (status, headers, body)
+        send(request).await
     }
 }
 
@@ -1107,7 +1243,7 @@ impl Server {
 async fn read_while_projecting<F, Fut>(server: &Server, send: F) -> (StatusCode, Value)
 where
     F: FnOnce(Server, Uuid, i64) -> Fut,
-    Fut: Future<Output = (StatusCode, reqwest::header::HeaderMap, Value)>,
+    Fut: Future<Output = Answer>,
 {
     let user_id = Uuid::new_v4();
     insert_user_key(&server.pool, user_id).await;
@@ -1346,7 +1482,7 @@ async fn min_position_rejects_invalid_values() {
 #[tokio::test]
 async fn min_position_is_checked_on_every_v1_route() {
     with_server(|server| async move {
-        let (_, _, document) = server.get("/openapi.json").await;
+        let (_, _, document) = server.get_open("/openapi.json").await;
         let paths = document["paths"].as_object().expect("paths");
         let v1_paths: Vec<&String> = paths.keys().filter(|p| p.starts_with("/v1/")).collect();
         assert!(
@@ -1372,7 +1508,7 @@ async fn min_position_is_checked_on_every_v1_route() {
 #[tokio::test]
 async fn openapi_describes_min_position() {
     with_server(|server| async move {
-        let (_, _, document) = server.get("/openapi.json").await;
+        let (_, _, document) = server.get_open("/openapi.json").await;
         let operation = &document["paths"]["/v1/stats"]["get"];
         let names: Vec<&str> = operation["parameters"]
             .as_array()
@@ -1442,7 +1578,9 @@ fn user_ids(body: &Value) -> Vec<String> {
 #[tokio::test]
 async fn empty_feed_gives_position_zero() {
     with_server(|server| async move {
-        let (status, _, body) = server.get("/v1/locations/latest").await;
+        let (status, _, body) = server
+            .get(&server.admin_token(), "/v1/locations/latest")
+            .await;
 
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
@@ -1464,7 +1602,9 @@ async fn latest_locations_include_feed_position() {
         }
         append_updates(&server.pool, &[31, 38, 35]).await;
 
-        let (status, _, body) = server.get("/v1/locations/latest").await;
+        let (status, _, body) = server
+            .get(&server.admin_token(), "/v1/locations/latest")
+            .await;
 
         assert_eq!(status, StatusCode::OK, "body: {body}");
         assert_eq!(body["position"], 35);
@@ -1499,7 +1639,11 @@ async fn latest_locations_filter_by_bbox_with_edges() {
         insert_latest_location(&server.pool, outside, -73.8, 40.7).await;
 
         let (status, _, body) = server
-            .get_query("/v1/locations/latest", &[("bbox", "-74.1,40.6,-73.9,40.8")])
+            .get_query(
+                &server.admin_token(),
+                "/v1/locations/latest",
+                &[("bbox", "-74.1,40.6,-73.9,40.8")],
+            )
             .await;
 
         assert_eq!(status, StatusCode::OK, "body: {body}");
@@ -1517,7 +1661,11 @@ async fn latest_locations_limit_truncates() {
         }
 
         let (status, _, body) = server
-            .get_query("/v1/locations/latest", &[("limit", "2")])
+            .get_query(
+                &server.admin_token(),
+                "/v1/locations/latest",
+                &[("limit", "2")],
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "body: {body}");
         assert_eq!(
@@ -1527,7 +1675,11 @@ async fn latest_locations_limit_truncates() {
         assert_eq!(body["truncated"], true);
 
         let (status, _, body) = server
-            .get_query("/v1/locations/latest", &[("limit", "3")])
+            .get_query(
+                &server.admin_token(),
+                "/v1/locations/latest",
+                &[("limit", "3")],
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "body: {body}");
         assert_eq!(user_ids(&body).len(), 3);
@@ -1553,7 +1705,11 @@ async fn latest_locations_reject_invalid_parameters() {
         ];
         for (field, value) in cases {
             let (status, _, body) = server
-                .get_query("/v1/locations/latest", &[(field, value)])
+                .get_query(
+                    &server.admin_token(),
+                    "/v1/locations/latest",
+                    &[(field, value)],
+                )
                 .await;
 
             assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
@@ -1563,6 +1719,7 @@ async fn latest_locations_reject_invalid_parameters() {
 
         let (status, _, body) = server
             .get_query(
+                &server.admin_token(),
                 "/v1/locations/latest",
                 &[("bbox", "0,0,1,1"), ("bbox", "0,0,2,2")],
             )
@@ -1578,9 +1735,633 @@ async fn latest_locations_accept_limit_bounds() {
     with_server(|server| async move {
         for limit in ["1", "10000"] {
             let (status, _, body) = server
-                .get_query("/v1/locations/latest", &[("limit", limit)])
+                .get_query(
+                    &server.admin_token(),
+                    "/v1/locations/latest",
+                    &[("limit", limit)],
+                )
                 .await;
             assert_eq!(status, StatusCode::OK, "limit={limit}: {body}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn analyst_gets_snapshot_without_names() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        insert_user(&server.pool, user_id, "vessel-1@ais.example", true).await;
+        insert_latest_location(&server.pool, user_id, -74.0, 40.5).await;
+
+        let (status, _, body) = server
+            .get(&server.analyst_token(), "/v1/locations/latest")
+            .await;
+
+        assert_eq!(status, StatusCode::OK, "body: {body}");
+        assert_eq!(body["locations"][0]["user_id"], json!(user_id));
+        assert_eq!(body["locations"][0]["name"], Value::Null);
+    })
+    .await;
+}
+
+// Authentication and authorization.
+
+/// Returns every `/v1` path of the OpenAPI document, with `{id}` replaced by `user_id`.
+async fn v1_paths(server: &Server, user_id: Uuid) -> Vec<String> {
+    let (_, _, document) = server.get_open("/openapi.json").await;
+    let paths: Vec<String> = document["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .filter(|path| path.starts_with("/v1/"))
+        .map(|path| path.replace("{id}", &user_id.to_string()))
+        .collect();
+    assert!(paths.iter().any(|path| path == "/v1/stats"), "{paths:?}");
+    paths
+}
+
+/// Claims of a token of `user_id` with `role`, issued `age` seconds ago and valid for
+/// `lifetime` seconds.
+fn claims(user_id: Uuid, role: Role, age: i64, lifetime: i64) -> Claims {
+    let issued_at = Utc::now().timestamp() - age;
+    Claims {
+        sub: user_id.to_string(),
+        role,
+        iss: ISSUER.to_owned(),
+        aud: AUDIENCE.to_owned(),
+        iat: issued_at,
+        exp: issued_at + lifetime,
+        jti: Uuid::new_v4().to_string(),
+    }
+}
+
+fn encode_part(value: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(value.to_string())
+}
+
+fn decode_part(part: &str) -> Value {
+    let bytes = URL_SAFE_NO_PAD.decode(part).expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON")
+}
+
+/// Checks a 401 with `code` and a bearer challenge.
+fn assert_unauthorized(answer: &Answer, code: &str) {
+    let (status, headers, body) = answer;
+    assert_error(*status, body, StatusCode::UNAUTHORIZED, code);
+    let challenge = headers
+        .get("www-authenticate")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    assert!(challenge.starts_with("Bearer "), "challenge: {challenge:?}");
+}
+
+fn assert_forbidden(answer: &Answer, field: Option<&str>) {
+    let (status, _, body) = answer;
+    assert_error(*status, body, StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(body["field"], json!(field), "body: {body}");
+}
+
+#[tokio::test]
+async fn every_v1_route_needs_a_token() {
+    with_server(|server| async move {
+        for path in v1_paths(&server, Uuid::new_v4()).await {
+            let answer = server.get_open(&path).await;
+
+            assert_unauthorized(&answer, "unauthenticated");
+            assert_eq!(
+                answer.1["www-authenticate"], "Bearer realm=\"meridian\"",
+                "{path}"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_authorization_is_unauthorized() {
+    with_server(|server| async move {
+        for value in [
+            "Basic YWRtaW46YWRtaW4=",
+            "Bearer",
+            "Bearer not-a-jwt",
+            "Bearer a.b.c",
+        ] {
+            let request = server
+                .client
+                .get(format!("{}/v1/stats", server.base))
+                .header("authorization", value);
+            let answer = send(request).await;
+
+            assert_unauthorized(&answer, "invalid_token");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn expired_token_is_unauthorized() {
+    with_server(|server| async move {
+        let expired = claims(Uuid::new_v4(), Role::Admin, 1000, 900);
+        let token = server.auth.tokens().sign(&expired).expect("sign");
+
+        let answer = server.get(&token, "/v1/stats").await;
+
+        assert_unauthorized(&answer, "token_expired");
+        assert!(
+            answer.1["www-authenticate"]
+                .to_str()
+                .unwrap_or_default()
+                .contains("error=\"invalid_token\""),
+            "{:?}",
+            answer.1
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn token_with_changed_payload_is_unauthorized() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        let token = server.user_token(user_id);
+        let [header, payload, signature]: [&str; 3] = token
+            .split('.')
+            .collect::<Vec<_>>()
+            .try_into()
+            .expect("three parts");
+        let mut claims = decode_part(payload);
+        claims["role"] = json!("admin");
+        let forged = format!("{header}.{}.{signature}", encode_part(&claims));
+
+        let answer = server.get(&forged, "/v1/stats").await;
+
+        assert_unauthorized(&answer, "invalid_token");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn token_of_another_key_is_unauthorized() {
+    with_server(|server| async move {
+        // The same key id as the server's active key, with another secret.
+        let mut impostor = KeyFile::generate();
+        impostor.keys[0].kid = server.keys.active.clone();
+        impostor.active = server.keys.active.clone();
+        // A key id the server does not know.
+        let stranger = KeyFile::generate();
+
+        for keys in [impostor, stranger] {
+            let store = KeyStore::fixed(&keys).expect("keys");
+            let tokens = TokenService::new(Arc::new(store), std::time::Duration::from_secs(900));
+            let token = tokens
+                .issue(&Uuid::new_v4().to_string(), Role::Admin)
+                .expect("issue")
+                .token;
+
+            let answer = server.get(&token, "/v1/stats").await;
+
+            assert_unauthorized(&answer, "invalid_token");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unsigned_alg_none_token_is_unauthorized() {
+    with_server(|server| async move {
+        let header = json!({"alg": "none", "typ": "JWT", "kid": server.keys.active});
+        let claims =
+            serde_json::to_value(claims(Uuid::new_v4(), Role::Admin, 0, 900)).expect("claims JSON");
+        let unsigned = format!("{}.{}.", encode_part(&header), encode_part(&claims));
+
+        let answer = server.get(&unsigned, "/v1/stats").await;
+
+        assert_unauthorized(&answer, "invalid_token");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn user_is_forbidden_on_another_user() {
+    with_server(|server| async move {
+        let owner = Uuid::new_v4();
+        insert_user(&server.pool, owner, "vessel-1@ais.example", true).await;
+        let intruder = server.user_token(Uuid::new_v4());
+
+        for suffix in ["", "/profile", "/profile/image", "/location", "/locations"] {
+            let path = format!("/v1/users/{owner}{suffix}");
+            let answer = server.get(&intruder, &path).await;
+
+            assert_forbidden(&answer, Some("id"));
+            let message = answer.2["message"].as_str().unwrap_or_default();
+            assert!(message.contains(&owner.to_string()), "{path}: {message}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn user_is_forbidden_on_shared_reads() {
+    with_server(|server| async move {
+        let token = server.user_token(Uuid::new_v4());
+
+        for (path, query) in [
+            ("/v1/users", [("email", "vessel-1@ais.example")].as_slice()),
+            ("/v1/locations/latest", &[]),
+            ("/v1/stats", &[]),
+            ("/v1/events", &[]),
+        ] {
+            let answer = server.get_query(&token, path, query).await;
+
+            assert_forbidden(&answer, None);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn analyst_is_forbidden_on_personal_data() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        insert_user(&server.pool, user_id, "vessel-1@ais.example", true).await;
+        let token = server.analyst_token();
+
+        for suffix in ["", "/profile", "/profile/image"] {
+            let answer = server
+                .get(&token, &format!("/v1/users/{user_id}{suffix}"))
+                .await;
+            assert_forbidden(&answer, Some("id"));
+        }
+        let answer = server
+            .get_query(&token, "/v1/users", &[("email", "vessel-1@ais.example")])
+            .await;
+        assert_forbidden(&answer, None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn analyst_reads_stats_and_locations() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        insert_user(&server.pool, user_id, "vessel-1@ais.example", true).await;
+        insert_latest_location(&server.pool, user_id, -74.0, 40.5).await;
+        insert_history(&server.pool, user_id, 1, 0).await;
+        let token = server.analyst_token();
+
+        for path in [
+            "/v1/stats".to_owned(),
+            "/v1/events".to_owned(),
+            "/v1/locations/latest".to_owned(),
+            format!("/v1/users/{user_id}/location"),
+            format!("/v1/users/{user_id}/locations"),
+        ] {
+            let (status, _, body) = server.get(&token, &path).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn admin_reads_any_user() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        insert_user(&server.pool, user_id, "vessel-1@ais.example", true).await;
+
+        let (status, _, body) = server
+            .get(&server.admin_token(), &format!("/v1/users/{user_id}"))
+            .await;
+
+        assert_eq!(status, StatusCode::OK, "body: {body}");
+        assert_eq!(body["email"], "vessel-1@ais.example");
+    })
+    .await;
+}
+
+/// Limits that let `requests` requests through per minute, by address or by user.
+fn tight_limits(per_address: u64, per_user: u64) -> Limits {
+    let mut limits = Limits::generous();
+    limits.per_address.max = per_address;
+    limits.per_user.max = per_user;
+    limits
+}
+
+fn assert_rate_limited(answer: &Answer) {
+    let (status, headers, body) = answer;
+    assert_error(*status, body, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    let retry_after: u64 = headers
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!(
+        (1..=60).contains(&retry_after),
+        "Retry-After: {retry_after}"
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_per_user_answers_429() {
+    with_server_limited(tight_limits(1000, 3), |server| async move {
+        let token = server.analyst_token();
+        for _ in 0..3 {
+            let (status, _, body) = server.get(&token, "/v1/stats").await;
+            assert_eq!(status, StatusCode::OK, "body: {body}");
+        }
+
+        let answer = server.get(&token, "/v1/stats").await;
+
+        assert_rate_limited(&answer);
+        let message = answer.2["message"].as_str().unwrap_or_default();
+        assert!(message.contains("by this user"), "{message}");
+        // Another user is not limited.
+        let (status, _, _) = server.get(&server.analyst_token(), "/v1/stats").await;
+        assert_eq!(status, StatusCode::OK);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rate_limit_per_address_answers_429() {
+    with_server_limited(tight_limits(3, 1000), |server| async move {
+        for _ in 0..3 {
+            let (status, _, body) = server.get(&server.analyst_token(), "/v1/stats").await;
+            assert_eq!(status, StatusCode::OK, "body: {body}");
+        }
+
+        let answer = server.get(&server.analyst_token(), "/v1/stats").await;
+
+        assert_rate_limited(&answer);
+        let message = answer.2["message"].as_str().unwrap_or_default();
+        assert!(message.contains("from this address"), "{message}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn requests_with_bad_tokens_count_against_address() {
+    with_server_limited(tight_limits(3, 1000), |server| async move {
+        for token in ["forged", "forged", "forged"] {
+            let answer = server.get(token, "/v1/stats").await;
+            assert_unauthorized(&answer, "invalid_token");
+        }
+
+        let answer = server.get(&server.analyst_token(), "/v1/stats").await;
+
+        assert_rate_limited(&answer);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn open_routes_need_no_token() {
+    with_server(|server| async move {
+        for path in ["/healthz", "/openapi.json"] {
+            let (status, _, body) = server.get_open(path).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        }
+        let response = server
+            .client
+            .get(format!("{}/", server.base))
+            .send()
+            .await
+            .expect("request failed");
+        assert_eq!(response.status(), StatusCode::OK);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn openapi_describes_bearer_auth() {
+    with_server(|server| async move {
+        let (_, _, document) = server.get_open("/openapi.json").await;
+
+        let scheme = &document["components"]["securitySchemes"]["bearer"];
+        assert_eq!(scheme["type"], "http", "{scheme}");
+        assert_eq!(scheme["scheme"], "bearer", "{scheme}");
+        for path in ["/v1/stats", "/v1/users/{id}", "/v1/events"] {
+            let operation = &document["paths"][path]["get"];
+            assert_eq!(operation["security"], json!([{"bearer": []}]), "{path}");
+            for status in ["401", "403", "429"] {
+                assert!(
+                    operation["responses"][status].is_object(),
+                    "{path} {status}"
+                );
+            }
+        }
+        assert!(document["paths"]["/healthz"]["get"]["security"].is_null());
+    })
+    .await;
+}
+
+// The event replay.
+
+/// Stores an event with `payload` as given, byte for byte, and returns its position.
+async fn insert_event(
+    pool: &PgPool,
+    aggregate_type: &str,
+    user_id: Uuid,
+    sequence: i64,
+    event_type: &str,
+    payload: &str,
+) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                             event_version, payload, metadata)
+         VALUES ($1, $2, $3, $4, '1.0', $5::json,
+                 '{\"client_addr\": \"sealed\", \"request_id\": \"r-1\"}')
+         RETURNING position",
+    )
+    .bind(aggregate_type)
+    .bind(user_id.to_string())
+    .bind(sequence)
+    .bind(event_type)
+    .bind(payload)
+    .fetch_one(pool)
+    .await
+    .expect("insert event")
+}
+
+/// Stores three location events and two name changes of one user, interleaved; returns
+/// their positions in order.
+async fn insert_mixed_events(pool: &PgPool, user_id: Uuid) -> Vec<i64> {
+    insert_user_key(pool, user_id).await;
+    let mut positions = Vec::new();
+    for sequence in 1..=3 {
+        let payload = format!(r#"{{"LocationRecorded": {{"sequence": {sequence}}}}}"#);
+        positions.push(
+            insert_event(
+                pool,
+                "LocationTrack",
+                user_id,
+                sequence,
+                "LocationRecorded",
+                &payload,
+            )
+            .await,
+        );
+        if sequence < 3 {
+            let payload = r#"{"NameChanged":{"name":"mrd1:sealed-name"}}"#;
+            positions
+                .push(insert_event(pool, "User", user_id, sequence, "NameChanged", payload).await);
+        }
+    }
+    positions
+}
+
+fn positions(body: &Value) -> Vec<i64> {
+    body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|event| event["position"].as_i64().expect("position"))
+        .collect()
+}
+
+#[tokio::test]
+async fn events_are_paged_in_position_order() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        let expected = insert_mixed_events(&server.pool, user_id).await;
+        let token = server.analyst_token();
+
+        let mut seen = Vec::new();
+        let mut after = "0".to_owned();
+        for page in 1.. {
+            assert!(page <= 5, "paging does not end");
+            let (status, _, body) = server
+                .get_query(&token, "/v1/events", &[("after", &after), ("limit", "2")])
+                .await;
+            assert_eq!(status, StatusCode::OK, "body: {body}");
+            seen.extend(positions(&body));
+            match body["next_after"].as_i64() {
+                Some(next) => after = next.to_string(),
+                None => break,
+            }
+        }
+
+        assert_eq!(seen, expected);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn events_carry_stored_fields_without_metadata() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        let positions = insert_mixed_events(&server.pool, user_id).await;
+
+        let (status, _, body) = server
+            .get_query(&server.analyst_token(), "/v1/events", &[("limit", "2")])
+            .await;
+
+        assert_eq!(status, StatusCode::OK, "body: {body}");
+        let event = &body["events"][1];
+        assert_eq!(event["position"], positions[1]);
+        assert_eq!(event["aggregate_type"], "User");
+        assert_eq!(event["aggregate_id"], user_id.to_string());
+        assert_eq!(event["sequence"], 1);
+        assert_eq!(event["event_type"], "NameChanged");
+        assert_eq!(event["event_version"], "1.0");
+        assert_eq!(
+            event["payload"],
+            json!({"NameChanged": {"name": "mrd1:sealed-name"}})
+        );
+        assert!(event["stored_at"].as_str().is_some(), "{event}");
+        assert!(event.get("metadata").is_none(), "{event}");
+        assert_eq!(body["next_after"], positions[1]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn events_return_payload_byte_for_byte() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        insert_user_key(&server.pool, user_id).await;
+        // Key order, spacing and a duplicate-free but unusual layout that a JSON round trip
+        // through a map would change.
+        let payload = r#"{"ProfileSettingsUpdated" :  {"z": 1, "a": [1,2 ,3], "m": {"y": null}}}"#;
+        insert_event(
+            &server.pool,
+            "Profile",
+            user_id,
+            1,
+            "ProfileSettingsUpdated",
+            payload,
+        )
+        .await;
+
+        let response = server
+            .client
+            .get(format!("{}/v1/events", server.base))
+            .bearer_auth(server.admin_token())
+            .send()
+            .await
+            .expect("request failed");
+        assert_eq!(response.status(), StatusCode::OK);
+        let text = response.text().await.expect("body");
+
+        assert!(text.contains(&format!(r#""payload":{payload}"#)), "{text}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn events_filter_by_type() {
+    with_server(|server| async move {
+        let user_id = Uuid::new_v4();
+        let all = insert_mixed_events(&server.pool, user_id).await;
+
+        let (status, _, body) = server
+            .get_query(
+                &server.analyst_token(),
+                "/v1/events",
+                &[("type", "NameChanged"), ("after", &all[1].to_string())],
+            )
+            .await;
+
+        assert_eq!(status, StatusCode::OK, "body: {body}");
+        assert_eq!(positions(&body), vec![all[3]]);
+        assert_eq!(body["next_after"], Value::Null);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn events_of_empty_store_are_empty() {
+    with_server(|server| async move {
+        let (status, _, body) = server.get(&server.admin_token(), "/v1/events").await;
+
+        assert_eq!(status, StatusCode::OK, "body: {body}");
+        assert_eq!(body, json!({"events": [], "next_after": null}));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn events_reject_invalid_parameters() {
+    with_server(|server| async move {
+        let token = server.analyst_token();
+        let cases: [(&[(&str, &str)], &str); 9] = [
+            (&[("after", "-1")], "after"),
+            (&[("after", "first")], "after"),
+            (&[("limit", "0")], "limit"),
+            (&[("limit", "1001")], "limit"),
+            (&[("limit", "all")], "limit"),
+            (&[("limit", "5"), ("limit", "6")], "limit"),
+            (&[("type", "")], "type"),
+            (&[("type", "Name Changed")], "type"),
+            (&[("type", "NameChanged'--")], "type"),
+        ];
+        for (query, field) in cases {
+            let (status, _, body) = server.get_query(&token, "/v1/events", query).await;
+
+            assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+            assert_eq!(body["field"], field, "{query:?}: {body}");
+            assert!(body["reason"].as_str().is_some_and(|r| !r.is_empty()));
         }
     })
     .await;

@@ -17,7 +17,7 @@ use meridian_auth::{Account, Accounts, AuthError, Caller, Role, Session};
 use meridian_domain::field::Email;
 use meridian_domain::user::{User, UserCommand};
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::{info, warn};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -75,18 +75,18 @@ pub fn client_address(request: &Parts) -> Option<IpAddr> {
         .map(|ConnectInfo(address)| address.ip().to_canonical())
 }
 
-/// Verifies the bearer token, if any, and applies the rate limits.
+/// Applies the rate limit of the client address, verifies the bearer token, if any, and
+/// applies the rate limit of its user. Requests with bad tokens count against the address.
 pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
+    if let Err(error) = state.auth.admit(client_address(&parts), None).await {
+        return ApiError::from(error).into_response();
+    }
     let caller = match state.auth.authenticate(&parts.headers) {
         Ok(caller) => caller,
         Err(error) => return ApiError::from(error).into_response(),
     };
-    if let Err(error) = state
-        .auth
-        .admit(client_address(&parts), caller.as_ref())
-        .await
-    {
+    if let Err(error) = state.auth.admit(None, caller.as_ref()).await {
         return ApiError::from(error).into_response();
     }
     if let Some(caller) = &caller {
@@ -331,6 +331,13 @@ pub async fn bootstrap_admin(
         }
     };
     let user = accounts.load(&user_id).await?;
+    if user.as_ref().is_some_and(|user| !user.active) {
+        warn!(
+            user_id,
+            "the configured administrator is deactivated and cannot log in; \
+             set MERIDIAN_ADMIN_EMAIL to another address"
+        );
+    }
     if user.is_some_and(|user| user.role != Role::Admin) {
         let command = UserCommand::ChangeRole { role: Role::Admin };
         with_retries(&state.retry, || async {

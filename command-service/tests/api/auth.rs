@@ -573,3 +573,70 @@ async fn the_auth_routes_answer_cross_origin_preflights() {
     assert_eq!(preflight.header("access-control-allow-origin"), Some("*"));
     app.finish().await;
 }
+
+#[tokio::test]
+async fn bad_tokens_count_against_the_address_limit() {
+    let mut limits = Limits::generous();
+    limits.per_address.max = 3;
+    let app = TestApp::start_with_limits(limits).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(meridian_command_service::serve(
+        listener,
+        app.state.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let client = reqwest::Client::new();
+    let path = format!("{base}/v1/users/{}/locations", uuid::Uuid::new_v4());
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let response = client
+            .post(&path)
+            .bearer_auth("forged")
+            .json(&location_body())
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 429]);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    app.finish().await;
+}
+
+#[tokio::test]
+async fn sessions_survive_a_restart_of_the_service() {
+    let app = TestApp::start().await;
+    let (_, session) = user_session(&app, "ada@example.com").await;
+
+    // A new process: fresh state over the same database and key file, nothing in memory.
+    let settings = meridian_auth::AuthSettings {
+        limits: Limits::generous(),
+        ..meridian_auth::AuthSettings::from_vars(|_| None).unwrap()
+    };
+    let restarted = meridian_auth::Auth::with_keys(
+        &settings,
+        app.state.auth.tokens().keys().clone(),
+        app.pool.clone(),
+        &meridian_event_log::settings::var_or("MERIDIAN_REDIS_URL", "redis://127.0.0.1:6379/"),
+        &format!("test.{}.", uuid::Uuid::new_v4().simple()),
+    )
+    .unwrap();
+    let state = meridian_command_service::AppState::new(
+        app.pool.clone(),
+        app.state.cipher.clone(),
+        restarted,
+    );
+    let accounts = meridian_command_service::api::auth::UserAccounts(&state);
+    let refresh_token = session["refresh_token"].as_str().unwrap();
+    let renewed = state.auth.refresh(&accounts, refresh_token).await.unwrap();
+    assert_eq!(renewed.user_id, session["user_id"].as_str().unwrap());
+    // The token spent after the restart is spent for the old process too.
+    let reused = refresh(&app, &session["refresh_token"]).await;
+    assert_error(&reused, StatusCode::UNAUTHORIZED, "invalid_refresh_token");
+    app.finish().await;
+}

@@ -1,6 +1,7 @@
-//! Subscription requests as clients send them, checked field by field, and the filter each
-//! one selects updates by.
+//! Subscription requests as clients send them, checked field by field, who may make them,
+//! and the filter each one selects updates by.
 
+use meridian_auth::{AuthError, Caller, Role};
 use meridian_event_log::live::{LiveUpdate, UpdateKind};
 use serde::Serialize;
 use serde_json::Value;
@@ -41,6 +42,33 @@ impl Filter {
                     )
             }
         }
+    }
+
+    /// Passes when `caller` may receive the updates of this filter: a user's locations go
+    /// to that user, admins and analysts; a user's profile, which contains personal data, to
+    /// that user and admins; an area, which spans many users, to admins and analysts.
+    pub fn authorize(&self, caller: &Caller) -> Result<(), RequestError> {
+        let (field, checked) = match self {
+            Self::UserLocations(user) => {
+                ("user_id", caller.require_access_to(&user.to_string(), true))
+            }
+            Self::UserProfile(user) => (
+                "user_id",
+                caller.require_access_to(&user.to_string(), false),
+            ),
+            Self::Area(_) => ("topic", caller.require_role(&[Role::Admin, Role::Analyst])),
+        };
+        checked.map_err(|error| {
+            let message = match error {
+                AuthError::Forbidden { message, .. } => message,
+                other => other.to_string(),
+            };
+            RequestError {
+                code: "forbidden",
+                field: Some(field),
+                message,
+            }
+        })
     }
 
     /// Returns the user whose updates alone this filter selects, if any, so that its backlog
@@ -241,6 +269,67 @@ mod tests {
         assert_eq!(parse(json!(-1)).unwrap_err().field, Some("after"));
         assert_eq!(parse(json!("42")).unwrap_err().field, Some("after"));
         assert_eq!(parse(json!(1.5)).unwrap_err().field, Some("after"));
+    }
+
+    fn caller(user_id: Uuid, role: Role) -> Caller {
+        Caller {
+            user_id: user_id.to_string(),
+            role,
+        }
+    }
+
+    #[test]
+    fn users_may_subscribe_to_themselves_only() {
+        let user = Uuid::new_v4();
+        let other = Uuid::new_v4();
+        let caller = caller(user, Role::User);
+
+        assert!(Filter::UserLocations(user).authorize(&caller).is_ok());
+        assert!(Filter::UserProfile(user).authorize(&caller).is_ok());
+        for filter in [Filter::UserLocations(other), Filter::UserProfile(other)] {
+            let error = filter.authorize(&caller).unwrap_err();
+            assert_eq!(error.code, "forbidden");
+            assert_eq!(error.field, Some("user_id"));
+            assert!(
+                error.message.contains(&other.to_string()),
+                "{}",
+                error.message
+            );
+        }
+    }
+
+    #[test]
+    fn area_needs_admin_or_analyst() {
+        let area = Filter::Area(BoundingBox::new(-180.0, -90.0, 180.0, 90.0).unwrap());
+
+        let error = area
+            .authorize(&caller(Uuid::new_v4(), Role::User))
+            .unwrap_err();
+        assert_eq!(error.code, "forbidden");
+        assert_eq!(error.field, Some("topic"));
+        assert!(area.authorize(&caller(Uuid::new_v4(), Role::Admin)).is_ok());
+        assert!(area
+            .authorize(&caller(Uuid::new_v4(), Role::Analyst))
+            .is_ok());
+    }
+
+    #[test]
+    fn analysts_get_locations_but_not_profiles() {
+        let user = Uuid::new_v4();
+        let analyst = caller(Uuid::new_v4(), Role::Analyst);
+
+        assert!(Filter::UserLocations(user).authorize(&analyst).is_ok());
+        let error = Filter::UserProfile(user).authorize(&analyst).unwrap_err();
+        assert_eq!(error.field, Some("user_id"));
+    }
+
+    #[test]
+    fn admins_may_subscribe_to_anyone() {
+        let user = Uuid::new_v4();
+        let admin = caller(Uuid::new_v4(), Role::Admin);
+
+        assert!(Filter::UserLocations(user).authorize(&admin).is_ok());
+        assert!(Filter::UserProfile(user).authorize(&admin).is_ok());
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! Live updates over Socket.IO, on an address of their own (`MERIDIAN_SOCKET_ADDR`).
 //!
-//! - [`filter`]: `subscribe` requests and the updates each one selects.
+//! A client connects with an access token in the handshake (`auth: { token }`); the
+//! connection is rejected without a valid one, and closed when the token expires. Each
+//! subscription is checked against the caller's role.
+//!
+//! - [`session`]: the handshake check and the disconnect at expiry.
+//! - [`filter`]: `subscribe` requests, who may make them, and the updates each one selects.
 //! - [`hub`]: takes the rows of `rm_updates` from Redis and PostgreSQL, in order, once.
 //! - [`subscription`]: replays a client's backlog, then forwards live rows.
 //!
@@ -8,16 +13,20 @@
 
 pub mod filter;
 pub mod hub;
+pub mod session;
 pub mod subscription;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::Context;
 use axum::Router;
+use meridian_auth::Auth;
 use serde_json::{json, Value};
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
+use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::Sid;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
@@ -26,6 +35,7 @@ use tower_http::cors::CorsLayer;
 
 use filter::SubscribeRequest;
 use hub::Hub;
+use session::Session;
 use subscription::Start;
 
 /// Subscriptions one socket may hold at a time. Each costs a task and a queue, and every
@@ -38,18 +48,29 @@ pub const MAX_SUBSCRIPTIONS_PER_SOCKET: usize = 64;
 const SOCKET_BUFFER: usize = 4096;
 
 /// State shared by every socket of one process.
-#[derive(Debug)]
 pub struct Live {
     hub: Hub,
+    /// Checks the handshake's access token and counts requests against the rate limits.
+    auth: Auth,
     next_subscription: AtomicU64,
     /// Running subscriptions per socket, to stop them on `unsubscribe` or disconnect.
     subscriptions: Mutex<HashMap<Sid, HashMap<String, CancellationToken>>>,
 }
 
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("hub", &self.hub)
+            .field("next_subscription", &self.next_subscription)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Live {
-    pub fn new(hub: Hub) -> Self {
+    pub fn new(hub: Hub, auth: Auth) -> Self {
         Self {
             hub,
+            auth,
             next_subscription: AtomicU64::new(1),
             subscriptions: Mutex::default(),
         }
@@ -86,17 +107,19 @@ impl Live {
 
 /// Builds the Socket.IO service at `/socket.io/` and returns it with its handle. Pages of
 /// any origin may connect, because the dashboard comes from the HTTP address, another origin.
+/// The access token, not the origin, decides who may connect.
 pub fn router(live: Arc<Live>) -> (Router, SocketIo) {
     let (layer, io) = SocketIo::builder()
         .max_buffer_size(SOCKET_BUFFER)
         .with_state(live)
         .build_layer();
-    io.ns("/", on_connect);
+    io.ns("/", on_connect.with(session::authenticate_socket));
     let router = Router::new().layer(layer).layer(CorsLayer::permissive());
     (router, io)
 }
 
 /// Serves [`router`] on `listener` until `shutdown` fires, then disconnects every socket.
+/// Each connection carries its peer address, which the rate limit counts.
 pub async fn serve(
     listener: TcpListener,
     live: Arc<Live>,
@@ -111,7 +134,8 @@ pub async fn serve(
         // Upgraded WebSocket connections would otherwise keep the server open.
         io.close().await;
     };
-    axum::serve(listener, router)
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(close_sockets)
         .await
         .context("Socket.IO server failed")?;
@@ -123,6 +147,7 @@ async fn on_connect(socket: SocketRef) {
     socket.on("subscribe", on_subscribe);
     socket.on("unsubscribe", on_unsubscribe);
     socket.on_disconnect(on_disconnect);
+    session::disconnect_at_expiry(socket);
 }
 
 async fn on_subscribe(
@@ -142,6 +167,10 @@ async fn on_subscribe(
             return;
         }
     };
+    if let Err(error) = session::admit_subscription(&socket, &live, &request.filter).await {
+        send_ack(ack, &json!({ "ok": false, "error": error }));
+        return;
+    }
     // Take a slot before anything awaits, so concurrent requests cannot pass the limit.
     let id = live
         .next_subscription
@@ -256,6 +285,9 @@ async fn on_unsubscribe(
 }
 
 async fn on_disconnect(socket: SocketRef, State(live): State<Arc<Live>>) {
+    if let Some(session) = socket.extensions.get::<Session>() {
+        session.closed.cancel();
+    }
     let running = live.subscriptions().remove(&socket.id);
     for cancel in running.into_iter().flat_map(HashMap::into_values) {
         cancel.cancel();

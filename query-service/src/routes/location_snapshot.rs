@@ -12,12 +12,15 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
+use meridian_auth::Role;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::auth::Authenticated;
 use crate::error::{ApiError, ErrorBody};
+use crate::extract::invalid_query;
 use crate::geo::BoundingBox;
 use crate::AppState;
 
@@ -30,7 +33,8 @@ pub const MAX_LIMIT: i64 = 10_000;
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
 pub struct UserLocation {
     pub user_id: Uuid,
-    /// The user's name, or null when `rm_users` has no row for the user.
+    /// The user's name. Null for an analyst, who reads locations but no personal data, and
+    /// when `rm_users` has no row for the user.
     pub name: Option<String>,
     pub latitude: f64,
     pub longitude: f64,
@@ -110,14 +114,6 @@ fn parse_limit(raw: &str) -> Result<i64, ApiError> {
     Ok(limit)
 }
 
-/// Turns a query-string rejection into a 400, naming the parameter when serde names it.
-fn reject_query(rejection: QueryRejection) -> ApiError {
-    match ApiError::from(rejection) {
-        ApiError::Validation { field, reason } => ApiError::InvalidField { field, reason },
-        other => other,
-    }
-}
-
 #[utoipa::path(
     get,
     path = "/v1/locations/latest",
@@ -126,13 +122,17 @@ fn reject_query(rejection: QueryRejection) -> ApiError {
     responses(
         (status = 200, description = "The latest location of every user, with the live-update position they include", body = LocationSnapshot),
         (status = 400, description = "bbox, limit or the minimum position is invalid", body = ErrorBody),
+        (status = 403, description = "The caller is neither an admin nor an analyst", body = ErrorBody),
     )
 )]
 pub async fn get_latest_locations(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     query: Result<axum::extract::Query<SnapshotQuery>, QueryRejection>,
 ) -> Result<Json<LocationSnapshot>, ApiError> {
-    let axum::extract::Query(query) = query.map_err(reject_query)?;
+    caller.require_role(&[Role::Admin, Role::Analyst])?;
+    let with_names = caller.role == Role::Admin;
+    let axum::extract::Query(query) = query.map_err(invalid_query)?;
     let bbox = query.bbox.as_deref().map(parse_bbox).transpose()?;
     let limit = match query.limit.as_deref() {
         None => DEFAULT_LIMIT,
@@ -144,7 +144,7 @@ pub async fn get_latest_locations(
         .execute(&mut *transaction)
         .await?;
     let position = head_position(&mut transaction).await?;
-    let mut locations = latest_locations(&mut transaction, bbox, limit + 1).await?;
+    let mut locations = latest_locations(&mut transaction, bbox, limit + 1, with_names).await?;
     transaction.commit().await?;
 
     let page_size = usize::try_from(limit).unwrap_or(usize::MAX);
@@ -176,15 +176,17 @@ async fn head_position(connection: &mut PgConnection) -> Result<i64, ApiError> {
         .map_err(ApiError::Internal)
 }
 
-/// Returns up to `limit` latest locations inside `bbox`, ordered by user id.
+/// Returns up to `limit` latest locations inside `bbox`, ordered by user id, with the
+/// users' names only when `with_names` is true.
 async fn latest_locations(
     connection: &mut PgConnection,
     bbox: Option<BoundingBox>,
     limit: i64,
+    with_names: bool,
 ) -> Result<Vec<UserLocation>, sqlx::Error> {
     sqlx::query_as::<_, UserLocation>(
-        "SELECT l.user_id, u.name, l.latitude, l.longitude, l.recorded_at, l.sequence,
-                l.position
+        "SELECT l.user_id, CASE WHEN $6 THEN u.name END AS name, l.latitude, l.longitude,
+                l.recorded_at, l.sequence, l.position
          FROM rm_latest_locations AS l
          LEFT JOIN rm_users AS u ON u.user_id = l.user_id
          WHERE $1::float8 IS NULL
@@ -197,6 +199,7 @@ async fn latest_locations(
     .bind(bbox.map(|b| b.max_longitude))
     .bind(bbox.map(|b| b.max_latitude))
     .bind(limit)
+    .bind(with_names)
     .fetch_all(connection)
     .await
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::auth::{require_access_to, Authenticated};
 use crate::cursor::Cursor;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Query, UserId};
@@ -146,14 +147,17 @@ fn parse_limit(raw: &str) -> Result<i64, ApiError> {
     params(("id" = Uuid, Path, description = "User id")),
     responses(
         (status = 200, description = "The user's latest location", body = LatestLocation),
+        (status = 403, description = "The caller is neither this user, an admin nor an analyst", body = ErrorBody),
         (status = 404, description = "No location stored for this user", body = ErrorBody),
         (status = 422, description = "The id is not a UUID", body = ErrorBody),
     )
 )]
 pub async fn get_latest_location(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     UserId(user_id): UserId,
 ) -> Result<Json<LatestLocation>, ApiError> {
+    require_access_to(&caller, user_id, true)?;
     let location = sqlx::query_as::<_, LatestLocation>(
         "SELECT user_id, latitude, longitude, recorded_at, sequence, position, event_id
          FROM rm_latest_locations WHERE user_id = $1",
@@ -173,15 +177,18 @@ pub async fn get_latest_location(
     params(("id" = Uuid, Path, description = "User id"), HistoryQuery),
     responses(
         (status = 200, description = "A page of the user's location history", body = LocationPage),
+        (status = 403, description = "The caller is neither this user, an admin nor an analyst", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),
         (status = 422, description = "A parameter is invalid", body = ErrorBody),
     )
 )]
 pub async fn list_locations(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     UserId(user_id): UserId,
     Query(query): Query<HistoryQuery>,
 ) -> Result<Json<LocationPage>, ApiError> {
+    require_access_to(&caller, user_id, true)?;
     let range = query.validate()?;
 
     // Fetching one row more than the page shows whether another page follows.

@@ -1,5 +1,6 @@
 //! Handlers, one module per resource.
 
+pub mod events;
 pub mod health;
 pub mod location_snapshot;
 pub mod locations;

@@ -4,9 +4,11 @@ use std::collections::BTreeMap;
 
 use axum::extract::State;
 use axum::Json;
+use meridian_auth::Role;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::auth::Authenticated;
 use crate::error::{ApiError, ErrorBody};
 use crate::AppState;
 
@@ -53,10 +55,16 @@ struct Counts {
     tag = "stats",
     responses(
         (status = 200, description = "Counts and projection lag", body = Stats),
+        (status = 403, description = "The caller is neither an admin nor an analyst", body = ErrorBody),
         (status = 500, description = "The database query failed", body = ErrorBody),
     )
 )]
-pub async fn get_stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiError> {
+pub async fn get_stats(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<Stats>, ApiError> {
+    caller.require_role(&[Role::Admin, Role::Analyst])?;
+
     // One statement, so every count comes from one snapshot.
     // NOTE: count(*) scans the tables; on millions of events this takes seconds.
     let counts = sqlx::query_as::<_, Counts>(

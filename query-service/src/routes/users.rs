@@ -15,6 +15,7 @@ use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::auth::{require_access_to, Authenticated};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Query, UserId};
 use crate::AppState;
@@ -95,14 +96,17 @@ pub struct EmailQuery {
     params(("id" = Uuid, Path, description = "User id")),
     responses(
         (status = 200, description = "The user", body = UserView),
+        (status = 403, description = "The caller is neither this user nor an admin", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),
         (status = 422, description = "The id is not a UUID", body = ErrorBody),
     )
 )]
 pub async fn get_user(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     UserId(user_id): UserId,
 ) -> Result<Json<UserView>, ApiError> {
+    require_access_to(&caller, user_id, false)?;
     let user = sqlx::query_as::<_, UserView>(
         "SELECT user_id, email, name, active, role, registered_at, updated_at,
                 last_sequence, last_position
@@ -122,13 +126,17 @@ pub async fn get_user(
     params(EmailQuery),
     responses(
         (status = 200, description = "Users with this email; empty when none", body = UserList),
+        (status = 403, description = "The caller is not an admin", body = ErrorBody),
         (status = 422, description = "The email parameter is missing or empty", body = ErrorBody),
     )
 )]
 pub async fn find_users_by_email(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     Query(query): Query<EmailQuery>,
 ) -> Result<Json<UserList>, ApiError> {
+    // Only admins, so that other callers cannot learn whether an address is registered.
+    caller.require_role(&[Role::Admin])?;
     let email = normalize_email(query.email.as_deref())?;
     let users = sqlx::query_as::<_, UserView>(
         "SELECT user_id, email, name, active, role, registered_at, updated_at,
@@ -168,14 +176,17 @@ fn normalize_email(raw: Option<&str>) -> Result<String, ApiError> {
     params(("id" = Uuid, Path, description = "User id")),
     responses(
         (status = 200, description = "The user's profile", body = ProfileView),
+        (status = 403, description = "The caller is neither this user nor an admin", body = ErrorBody),
         (status = 404, description = "No profile stored for this user", body = ErrorBody),
         (status = 422, description = "The id is not a UUID", body = ErrorBody),
     )
 )]
 pub async fn get_profile(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     UserId(user_id): UserId,
 ) -> Result<Json<ProfileView>, ApiError> {
+    require_access_to(&caller, user_id, false)?;
     let profile = sqlx::query_as::<_, ProfileView>(
         "SELECT user_id, settings, image, encrypted_image, updated_at, last_sequence
          FROM rm_profiles WHERE user_id = $1",
@@ -223,15 +234,18 @@ struct StoredImage {
                 ("X-Meridian-Media-Type" = String, description = "Media type of the image inside the envelope, such as image/png"),
             )),
         (status = 304, description = "The image named by If-None-Match is still the current one"),
+        (status = 403, description = "The caller is neither this user nor an admin", body = ErrorBody),
         (status = 404, description = "No encrypted image uploaded for this user, or the user was erased", body = ErrorBody),
         (status = 422, description = "The id is not a UUID", body = ErrorBody),
     )
 )]
 pub async fn get_profile_image(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     UserId(user_id): UserId,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    require_access_to(&caller, user_id, false)?;
     let stored = sqlx::query_as::<_, StoredImage>(
         "SELECT p.encrypted_image ->> 'id' AS image_id, i.bytes, i.media_type
          FROM rm_profiles p
