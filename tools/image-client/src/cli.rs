@@ -119,7 +119,7 @@ pub struct LoginArgs {
     /// Email address to log in with.
     #[arg(long, env = "MERIDIAN_EMAIL", value_name = "EMAIL")]
     pub email: String,
-    /// File that contains the password (one trailing line break is ignored).
+    /// File that contains the password (line breaks at its end are ignored).
     #[arg(long, env = "MERIDIAN_PASSWORD_FILE", value_name = "FILE")]
     pub password_file: PathBuf,
 }

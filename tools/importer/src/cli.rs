@@ -47,7 +47,7 @@ pub struct Cli {
     #[arg(long, env = "MERIDIAN_IMPORTER_EMAIL", value_name = "EMAIL")]
     email: String,
 
-    /// File that contains the account's password (one trailing line break is ignored).
+    /// File that contains the account's password (line breaks at its end are ignored).
     #[arg(long, env = "MERIDIAN_IMPORTER_PASSWORD_FILE", value_name = "FILE")]
     password_file: PathBuf,
 

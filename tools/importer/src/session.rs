@@ -88,7 +88,8 @@ impl Credentials {
         }
     }
 
-    /// Reads the password from `path`: the whole file, without one trailing line break.
+    /// Reads the password from `path`: the whole file without the line breaks at its end,
+    /// as the command service reads `MERIDIAN_ADMIN_PASSWORD_FILE`.
     pub fn from_password_file(
         email: impl Into<String>,
         path: &Path,
@@ -99,10 +100,7 @@ impl Credentials {
                 source,
             }
         })?);
-        let password = text
-            .strip_suffix('\n')
-            .map(|line| line.strip_suffix('\r').unwrap_or(line))
-            .unwrap_or(&text);
+        let password = text.trim_end_matches(['\r', '\n']);
         if password.is_empty() {
             return Err(CredentialsError::Empty {
                 path: path.to_owned(),
@@ -586,10 +584,10 @@ mod tests {
     }
 
     #[test]
-    fn password_file_drops_one_line_break() {
+    fn password_file_drops_final_line_breaks() {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("password");
-        std::fs::write(&path, " two words \r\n").unwrap();
+        std::fs::write(&path, " two words \r\n\n").unwrap();
         let credentials = Credentials::from_password_file("a@example.com", &path).unwrap();
         assert_eq!(credentials.password.expose(), " two words ");
     }

@@ -38,7 +38,7 @@ pub struct LoginOptions {
     #[arg(long, env = "MERIDIAN_BENCH_EMAIL", value_name = "EMAIL")]
     pub email: String,
 
-    /// File that contains the account's password (one trailing line break is ignored).
+    /// File that contains the account's password (line breaks at its end are ignored).
     #[arg(long, env = "MERIDIAN_BENCH_PASSWORD_FILE", value_name = "FILE")]
     pub password_file: PathBuf,
 }
