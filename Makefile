@@ -42,7 +42,7 @@ down: ## Stop the services and the servers that infra/stack.sh started
 demo: up ## Run `make up`, import an hour of AIS data, print a summary, serve until Ctrl-C
 	infra/demo.sh $(or $(FILE),$(DEMO_FILE))
 
-import: ## Import FILE=path.csv into the running services with the release importer
+import: ## Import FILE=path.csv into the running services with the release importer, as the admin
 	infra/import.sh "$(FILE)"
 
 test: ## Start the local stack, build the debug binaries, run every test
@@ -77,11 +77,15 @@ BENCH_COMMAND_ADDR := $(or $(MERIDIAN_COMMAND_ADDR),127.0.0.1:8080)
 BENCH_QUERY_ADDR := $(or $(MERIDIAN_QUERY_ADDR),127.0.0.1:8081)
 BENCH_SOCKET_ADDR := $(or $(MERIDIAN_SOCKET_ADDR),127.0.0.1:8091)
 LIVE_BENCH := $(or $(CARGO_TARGET_DIR),target)/release/meridian-live-bench
+# The benchmarks log in as the admin that infra/services.sh set up, unless these are set.
+export MERIDIAN_BENCH_EMAIL ?= $(or $(MERIDIAN_ADMIN_EMAIL),admin@meridian.local)
+export MERIDIAN_BENCH_PASSWORD_FILE ?= $(or $(MERIDIAN_ADMIN_PASSWORD_FILE),$(or $(MERIDIAN_STACK_DIR),.stack)/keys/admin-password)
 
 bench-live: ## Measure live-update latency and idle-socket memory of the running services
 	$(CARGO) build --release -p meridian-live-bench
 	$(LIVE_BENCH) latency --command-url http://$(BENCH_COMMAND_ADDR) \
 		--query-url http://$(BENCH_QUERY_ADDR) --socket-url http://$(BENCH_SOCKET_ADDR) \
 		$(LATENCY_ARGS)
-	$(LIVE_BENCH) sockets --socket-url http://$(BENCH_SOCKET_ADDR) \
+	$(LIVE_BENCH) sockets --command-url http://$(BENCH_COMMAND_ADDR) \
+		--socket-url http://$(BENCH_SOCKET_ADDR) \
 		--pid-file $(or $(MERIDIAN_STACK_DIR),.stack)/run/query-service.pid $(SOCKETS_ARGS)

@@ -3,6 +3,10 @@
 # projections have caught up, prints a summary, then keeps everything serving until Ctrl-C or
 # SIGTERM, when it runs `make down`.
 #
+# The import and the statistics use the admin account that infra/services.sh set up
+# (MERIDIAN_ADMIN_EMAIL, password in MERIDIAN_ADMIN_PASSWORD_FILE). The summary names the
+# account and its password file, never the password; the live map's login form takes both.
+#
 # Usage: infra/demo.sh [FILE]   (default: data/ais/nyharbor_2020_06_30_first_hour.csv)
 #
 # Environment:
@@ -16,10 +20,49 @@ DEFAULT_FILE=$REPO_ROOT/data/ais/nyharbor_2020_06_30_first_hour.csv
 WAIT_SECS=${MERIDIAN_DEMO_WAIT_SECS:-120}
 # Seconds between two checks that the services are still running.
 WATCH_INTERVAL_SECS=10
+# File with the `Authorization` header of the admin's access token, which curl reads, so the
+# token never appears on a command line. log_in creates it with mode 0600.
+AUTH_HEADER_FILE=""
+
+# Logs in as the admin and writes the header file. An access token lives 15 minutes by
+# default, so main logs in again after the import.
+log_in() {
+    [[ -r $ADMIN_PASSWORD_FILE ]] ||
+        die "cannot read the admin password file $(display_path "$ADMIN_PASSWORD_FILE"); make up creates it"
+    [[ -n $AUTH_HEADER_FILE ]] || AUTH_HEADER_FILE=$(mktemp "$RUN_DIR/demo-auth.XXXXXX")
+    python3 - "$COMMAND_ADDR" "$ADMIN_EMAIL" "$ADMIN_PASSWORD_FILE" "$AUTH_HEADER_FILE" <<'PYTHON' ||
+import json
+import sys
+import urllib.error
+import urllib.request
+
+address, email, password_file, header_file = sys.argv[1:5]
+with open(password_file, encoding="utf-8") as file:
+    password = file.read().rstrip("\r\n")
+request = urllib.request.Request(
+    f"http://{address}/v1/auth/login",
+    data=json.dumps({"email": email, "password": password}).encode(),
+    headers={"Content-Type": "application/json"},
+)
+try:
+    with urllib.request.urlopen(request, timeout=10) as response:
+        token = json.load(response)["access_token"]
+except urllib.error.HTTPError as error:
+    body = json.loads(error.read() or b"{}")
+    sys.exit(f"POST /v1/auth/login returned {error.code} {body.get('error')}: {body.get('message')}")
+with open(header_file, "w", encoding="utf-8") as file:
+    file.write(f"Authorization: Bearer {token}\n")
+PYTHON
+        die "logging in as $ADMIN_EMAIL failed; see the message above"
+}
+
+remove_header_file() {
+    [[ -z $AUTH_HEADER_FILE ]] || rm -f "$AUTH_HEADER_FILE"
+}
 
 # Prints the body of GET /v1/stats of the query service.
 fetch_stats() {
-    curl -fsS --max-time 5 "http://$QUERY_ADDR/v1/stats" ||
+    curl -fsS --max-time 5 -H "@$AUTH_HEADER_FILE" "http://$QUERY_ADDR/v1/stats" ||
         die "GET http://$QUERY_ADDR/v1/stats failed; see $(display_path "$LOG_DIR/query-service.log")"
 }
 
@@ -53,13 +96,14 @@ wait_for_projections() {
 print_summary() {
     local before=$1 after=$2 wall_secs=$3
     python3 - "$before" "$after" "$wall_secs" "$COMMAND_ADDR" "$QUERY_ADDR" "$QUERY_ADDR_2" \
-        "$SOCKET_ADDR" "$SOCKET_ADDR_2" <<'PYTHON'
+        "$SOCKET_ADDR" "$SOCKET_ADDR_2" "$ADMIN_EMAIL" "$(display_path "$ADMIN_PASSWORD_FILE")" <<'PYTHON'
 import json
 import sys
 
 before, after = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 wall_secs = float(sys.argv[3])
 command_addr, query_addr, query_addr_2, socket_addr, socket_addr_2 = sys.argv[4:9]
+admin_email, admin_password_file = sys.argv[9:11]
 
 new_locations = after["location_events"] - before["location_events"]
 rate = new_locations / wall_secs if wall_secs > 0 else 0.0
@@ -81,6 +125,7 @@ rows = [
     ("query API, replica 2", f"http://{query_addr_2}"),
     ("live map (dashboard)", f"http://{query_addr}/  and  http://{query_addr_2}/"),
     ("Socket.IO", f"http://{socket_addr}  and  http://{socket_addr_2}"),
+    ("log in as", f"{admin_email}, password in {admin_password_file}"),
 ]
 print()
 print("Meridian demo")
@@ -106,8 +151,8 @@ shut_down() {
 # Keeps running until a signal arrives, warning once when a service stops meanwhile.
 serve_until_signal() {
     local warned=0
-    log "serving until Ctrl-C; open the live map at http://$QUERY_ADDR/ or try:" \
-        "curl http://$QUERY_ADDR/v1/stats"
+    log "serving until Ctrl-C; open the live map at http://$QUERY_ADDR/ and log in as" \
+        "$ADMIN_EMAIL with the password in $(display_path "$ADMIN_PASSWORD_FILE")"
     while true; do
         sleep "$WATCH_INTERVAL_SECS" &
         wait $! || true
@@ -124,16 +169,20 @@ main() {
     http_ok "http://$QUERY_ADDR/healthz" ||
         die "Meridian is not running: GET http://$QUERY_ADDR/healthz failed. Start it with make up."
     trap shut_down INT TERM
+    trap remove_header_file EXIT
 
     local before after started finished wall_secs
+    log_in
     before=$(fetch_stats)
-    log "open the live map at http://$QUERY_ADDR/ (or http://$QUERY_ADDR_2/) to watch the import"
+    log "open the live map at http://$QUERY_ADDR/ (or http://$QUERY_ADDR_2/) to watch the import;" \
+        "log in as $ADMIN_EMAIL with the password in $(display_path "$ADMIN_PASSWORD_FILE")"
     started=$(date +%s%N)
     "$REPO_ROOT/infra/import.sh" "$file"
     finished=$(date +%s%N)
     wall_secs=$(python3 -c 'import sys; print((int(sys.argv[2]) - int(sys.argv[1])) / 1e9)' \
         "$started" "$finished")
 
+    log_in
     wait_for_projections
     after=$(fetch_stats)
     print_summary "$before" "$after" "$wall_secs"

@@ -3,8 +3,12 @@
 #
 # Usage: infra/import.sh FILE [IMPORTER_FLAGS...]
 #
-# The services must be running (`make up`). The importer returns once the query service shows
-# every vessel's last report. Flags after FILE go to meridian-import unchanged.
+# The services must be running (`make up`). The importer logs in as the admin account that
+# infra/services.sh set up (MERIDIAN_ADMIN_EMAIL, password in MERIDIAN_ADMIN_PASSWORD_FILE,
+# default .stack/keys/admin-password), unless MERIDIAN_IMPORTER_EMAIL and
+# MERIDIAN_IMPORTER_PASSWORD_FILE, or --email and --password-file, name another account. It
+# returns once the query service shows every vessel's last report. Flags after FILE go to
+# meridian-import unchanged.
 set -euo pipefail
 
 # shellcheck source=infra/lib.sh
@@ -27,6 +31,13 @@ main() {
         http_ok "http://$address/healthz" ||
             die "Meridian is not running: GET http://$address/healthz failed. Start it with make up."
     done
+
+    # Through the environment, so that --email and --password-file among the flags win.
+    export MERIDIAN_IMPORTER_EMAIL=${MERIDIAN_IMPORTER_EMAIL:-$ADMIN_EMAIL}
+    export MERIDIAN_IMPORTER_PASSWORD_FILE=${MERIDIAN_IMPORTER_PASSWORD_FILE:-$ADMIN_PASSWORD_FILE}
+    [[ -r $MERIDIAN_IMPORTER_PASSWORD_FILE ]] ||
+        die "cannot read the password file $(display_path "$MERIDIAN_IMPORTER_PASSWORD_FILE")" \
+            "of $MERIDIAN_IMPORTER_EMAIL; make up creates it"
 
     exec "$importer" "$file" --command-url "http://$COMMAND_ADDR" \
         --query-url "http://$QUERY_ADDR" "$@"

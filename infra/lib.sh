@@ -1,6 +1,6 @@
-# Functions shared by infra/stack.sh, infra/services.sh and infra/demo.sh.
+# Functions shared by infra/stack.sh, infra/services.sh, infra/demo.sh and infra/import.sh.
 # Sourcing this file sets REPO_ROOT, STACK_DIR, LOG_DIR, RUN_DIR, COMMAND_ADDR, QUERY_ADDR,
-# QUERY_ADDR_2, SOCKET_ADDR, SOCKET_ADDR_2 and TARGET_DIR.
+# QUERY_ADDR_2, SOCKET_ADDR, SOCKET_ADDR_2, ADMIN_EMAIL, ADMIN_PASSWORD_FILE and TARGET_DIR.
 # The scripts that source this file use its variables, hence SC2034 (unused variable) is off.
 # shellcheck shell=bash disable=SC2034
 
@@ -16,6 +16,10 @@ QUERY_ADDR_2=${MERIDIAN_QUERY_ADDR_2:-127.0.0.1:8082}
 # Socket.IO addresses of the two query-service replicas.
 SOCKET_ADDR=${MERIDIAN_SOCKET_ADDR:-127.0.0.1:8091}
 SOCKET_ADDR_2=${MERIDIAN_SOCKET_ADDR_2:-127.0.0.1:8092}
+# The admin account that the command service creates at start, and the file with its
+# password, which infra/services.sh generates. The importer and the demo log in as it.
+ADMIN_EMAIL=${MERIDIAN_ADMIN_EMAIL:-admin@meridian.local}
+ADMIN_PASSWORD_FILE=${MERIDIAN_ADMIN_PASSWORD_FILE:-$STACK_DIR/keys/admin-password}
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
 # File descriptor of the lock that infra/stack.sh takes. Background servers must not inherit it,
 # or the lock would stay taken while they run.

@@ -14,7 +14,10 @@
 # build them first (`make up` does). Logs go to .stack/logs/<name>.log and pid files to
 # .stack/run/<name>.pid, where the second replica's name is query-service-2. The processes
 # read the MERIDIAN_* settings from the environment. On the first start, meridian-keys
-# creates the master key file .stack/keys/master-keys.json.
+# creates the master key file .stack/keys/master-keys.json, meridian-token-keys the token
+# key file .stack/keys/token-keys.json, and this script a random admin password in
+# .stack/keys/admin-password (mode 0600). The command service creates the admin account
+# with that password when it starts; an existing account keeps its password.
 #
 # Environment:
 #   MERIDIAN_COMMAND_ADDR        command service address (default: 127.0.0.1:8080)
@@ -23,6 +26,14 @@
 #   MERIDIAN_SOCKET_ADDR         Socket.IO address of query-service (default: 127.0.0.1:8091)
 #   MERIDIAN_SOCKET_ADDR_2       Socket.IO address of query-service-2 (default: 127.0.0.1:8092)
 #   MERIDIAN_SERVICES_WAIT_SECS  seconds to wait for each /healthz (default: 60)
+#   MERIDIAN_ADMIN_EMAIL         the admin account (default: admin@meridian.local)
+#   MERIDIAN_ADMIN_PASSWORD_FILE its password, created when missing
+#                                (default: .stack/keys/admin-password)
+#   MERIDIAN_TOKEN_KEY_FILE      keys that sign access tokens, created when missing
+#                                (default: .stack/keys/token-keys.json)
+#   MERIDIAN_RATE_LIMIT_PER_ADDRESS, MERIDIAN_RATE_LIMIT_PER_USER
+#                                requests per minute and client address or user
+#                                (default here: 1000000 each; see LOCAL_RATE_LIMIT)
 #   RUST_LOG                     log filter of all five processes
 #                                (their default: info,sqlx=warn,rdkafka=warn)
 set -euo pipefail
@@ -42,7 +53,23 @@ STOP_GRACE_SECS=15
 # The command service starts first and alone, so that on a fresh machine it creates the
 # database and applies the migrations before the other processes connect.
 SERVICES=(command-service outbox-relay projection-workers query-service query-service-2)
-BINARIES=(command-service outbox-relay projection-workers query-service meridian-keys)
+BINARIES=(command-service outbox-relay projection-workers query-service meridian-keys
+    meridian-token-keys)
+
+# Request limit per client address and per user, per minute, unless set. Every local client
+# shares the address 127.0.0.1, and the importer sends all its requests as one user. While it
+# waits for the projections, it polls the query service for every vessel. Importing the
+# first-hour file with debug binaries on a 2-core machine sent about 27,700 requests in one
+# minute (2026-12-05). Release binaries respond faster, so the importer polls faster.
+# The services' defaults (6000 per address and 3000 per user) would throttle a demo import,
+# so the local stack lifts them. The limits on failed logins keep their defaults.
+LOCAL_RATE_LIMIT=1000000
+export MERIDIAN_RATE_LIMIT_PER_ADDRESS=${MERIDIAN_RATE_LIMIT_PER_ADDRESS:-$LOCAL_RATE_LIMIT}
+export MERIDIAN_RATE_LIMIT_PER_USER=${MERIDIAN_RATE_LIMIT_PER_USER:-$LOCAL_RATE_LIMIT}
+# The command service creates or promotes this admin at start.
+export MERIDIAN_ADMIN_EMAIL=$ADMIN_EMAIL MERIDIAN_ADMIN_PASSWORD_FILE=$ADMIN_PASSWORD_FILE
+# The live map logs in at the command service from the browser.
+export MERIDIAN_COMMAND_PUBLIC_URL=${MERIDIAN_COMMAND_PUBLIC_URL:-http://$COMMAND_ADDR}
 
 # Make the services listen where this script probes them. query-service-2 gets its own
 # addresses in start_service.
@@ -183,10 +210,42 @@ ensure_master_key() {
         die "could not create the master key file; see the message above"
 }
 
+# Creates the key file that signs access tokens on the first start.
+ensure_token_keys() {
+    (cd "$REPO_ROOT" && "$TARGET_DIR/$PROFILE/meridian-token-keys" init --if-missing) ||
+        die "could not create the token key file; see the message above"
+}
+
+# Writes a random admin password to ADMIN_PASSWORD_FILE, readable only by its owner, unless
+# the file exists. The password is never printed.
+ensure_admin_password() {
+    if [[ -n ${MERIDIAN_ADMIN_PASSWORD:-} ]]; then
+        die "MERIDIAN_ADMIN_PASSWORD is set, but these scripts pass the password to the" \
+            "importer as a file: unset it and write the password to" \
+            "$(display_path "$ADMIN_PASSWORD_FILE") (or point MERIDIAN_ADMIN_PASSWORD_FILE at a file)"
+    fi
+    if [[ -e $ADMIN_PASSWORD_FILE ]]; then
+        [[ -s $ADMIN_PASSWORD_FILE && -r $ADMIN_PASSWORD_FILE ]] ||
+            die "the admin password file $(display_path "$ADMIN_PASSWORD_FILE") is empty or" \
+                "unreadable; delete it to have a new password generated"
+        return 0
+    fi
+    local password
+    # 32 letters and digits from 32 random bytes: about 190 bits.
+    password=$(head -c 32 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | cut -c 1-32)
+    mkdir -p "$(dirname "$ADMIN_PASSWORD_FILE")"
+    (umask 077 && printf '%s' "$password" >"$ADMIN_PASSWORD_FILE.tmp") ||
+        die "could not write $(display_path "$ADMIN_PASSWORD_FILE")"
+    mv "$ADMIN_PASSWORD_FILE.tmp" "$ADMIN_PASSWORD_FILE"
+    log "created the password of $ADMIN_EMAIL in $(display_path "$ADMIN_PASSWORD_FILE") (mode 0600)"
+}
+
 start_services() {
     check_stack
     check_binaries
     ensure_master_key
+    ensure_token_keys
+    ensure_admin_password
     mkdir -p "$LOG_DIR" "$RUN_DIR"
     trap stop_launched_on_failure EXIT
 
@@ -213,7 +272,8 @@ start_services() {
     trap - EXIT
     log "all services are running: command API http://$COMMAND_ADDR," \
         "query API and dashboard http://$QUERY_ADDR and http://$QUERY_ADDR_2," \
-        "Socket.IO http://$SOCKET_ADDR and http://$SOCKET_ADDR_2"
+        "Socket.IO http://$SOCKET_ADDR and http://$SOCKET_ADDR_2;" \
+        "admin $ADMIN_EMAIL, password in $(display_path "$ADMIN_PASSWORD_FILE")"
 }
 
 # Stops the named services at once: each gets SIGTERM, then SIGKILL after STOP_GRACE_SECS.

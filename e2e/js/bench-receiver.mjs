@@ -2,8 +2,10 @@
 // stock socket.io-client socket with one subscription, which prints each update's identity
 // and the wall-clock time it arrived, one JSON object per line on standard output.
 //
-// Usage: node bench-receiver.mjs '<config>'
+// Usage: MERIDIAN_ACCESS_TOKEN=<token> node bench-receiver.mjs '<config>'
 //   config: { "url": "http://127.0.0.1:8091", "subscription": { "topic": "area", ... } }
+//   The access token goes in the Socket.IO handshake as `auth: { token }`. It comes from the
+//   environment rather than the command line, which other users can read.
 //
 // Output lines:
 //   { "type": "subscribed", "reply": <the server's acknowledgement> }
@@ -32,7 +34,10 @@ function report(line) {
   process.stdout.write(`${JSON.stringify(line)}\n`);
 }
 
-const socket = io(config.url, { reconnection: false });
+const socket = io(config.url, {
+  reconnection: false,
+  auth: { token: process.env.MERIDIAN_ACCESS_TOKEN ?? "" },
+});
 
 socket.on("connect", () => {
   socket.emit("subscribe", config.subscription, (reply) => report({ type: "subscribed", reply }));

@@ -1,13 +1,17 @@
-// Opens the Meridian dashboard in headless Chromium and checks that it shows the expected
-// number of users and updates, then saves a screenshot.
+// Opens the Meridian dashboard in headless Chromium, logs in through its login form, and
+// checks that it shows the expected number of users and updates, then saves a screenshot.
 //
-// Usage: node dashboard.mjs --url URL --users N --updates N --screenshot FILE
-//                           [--timeout-secs S] [--chromium PATH]
+// Usage: MERIDIAN_DASHBOARD_PASSWORD=<password> node dashboard.mjs --url URL --email EMAIL
+//            --users N --updates N --screenshot FILE [--timeout-secs S] [--chromium PATH]
 //
-// --timeout-secs (default 60) bounds each wait while the page shows no change.
+// --email and the password (from the environment, which other users cannot read, unlike the
+// command line) are of an admin or analyst. The script first submits a wrong password and
+// checks that the page shows an error and stays logged out, then logs in. It checks that the
+// page keeps its tokens out of cookies and web storage. --timeout-secs (default 60) bounds
+// each wait while the page shows no change.
 //
-// Prints `ready` on stdout once the page is subscribed, so the caller can start sending
-// data. Once the counts are reached it prints `rows JSON`, the user list as the page shows
+// Prints `login error MESSAGE` with the error the page showed for the wrong password, and
+// `ready` on stdout once the page is subscribed, so the caller can start sending data. Once the counts are reached it prints `rows JSON`, the user list as the page shows
 // it (name, last report, positions), and `screenshot FILE` when done. Exits 1 with a message on stderr on any failure:
 // a wait that runs out, a counter that overshoots, a script error in the page, or a request
 // to a host other than the dashboard's.
@@ -43,6 +47,7 @@ function readOptions() {
   const { values } = parseArgs({
     options: {
       url: { type: "string" },
+      email: { type: "string" },
       users: { type: "string" },
       updates: { type: "string" },
       screenshot: { type: "string" },
@@ -50,10 +55,14 @@ function readOptions() {
       chromium: { type: "string", default: "/usr/bin/chromium" },
     },
   });
-  for (const name of ["url", "users", "updates", "screenshot"]) {
+  for (const name of ["url", "email", "users", "updates", "screenshot"]) {
     if (values[name] === undefined) {
       fail(`--${name} is missing`);
     }
+  }
+  const password = process.env.MERIDIAN_DASHBOARD_PASSWORD;
+  if (!password) {
+    fail("MERIDIAN_DASHBOARD_PASSWORD is missing: set it to the password of --email");
   }
   const count = (name) => {
     const value = Number(values[name]);
@@ -64,6 +73,8 @@ function readOptions() {
   };
   return {
     url: new URL(values.url),
+    email: values.email,
+    password,
     users: count("users"),
     updates: count("updates"),
     screenshot: values.screenshot,
@@ -101,6 +112,42 @@ async function readUserList(page, timeoutMs) {
       positions: Number(row.querySelector(".positions").textContent.replace(/,/g, "")),
     })),
   );
+}
+
+// Submits the login form with `email` and `password`.
+async function submitLogin(page, email, password) {
+  await page.fill("#login-email", email);
+  await page.fill("#login-password", password);
+  await page.click("#login-submit");
+}
+
+// Submits a wrong password and returns the error the page shows; fails when the page shows
+// none within `timeoutMs` or leaves the logged-out state.
+async function rejectWrongPassword(page, email, timeoutMs) {
+  await submitLogin(page, email, `wrong-${Date.now()}`);
+  const error = page.locator("#login-error");
+  await error
+    .waitFor({ state: "visible", timeout: timeoutMs })
+    .catch(() => fail(`the page showed no login error within ${timeoutMs / 1000} s`));
+  const message = (await error.textContent()).trim();
+  const shown = await readPage(page);
+  if (message === "" || shown.connection !== "logged-out") {
+    fail(`after a wrong password the page shows ${JSON.stringify({ message, ...shown })}`);
+  }
+  return message;
+}
+
+// Fails when the page keeps anything in cookies, localStorage or sessionStorage, where a
+// token would outlive the page or be readable by other pages of the origin.
+async function checkNoStoredTokens(page, context) {
+  const stored = await page.evaluate(() => ({
+    localStorage: Object.keys(window.localStorage),
+    sessionStorage: Object.keys(window.sessionStorage),
+  }));
+  const cookies = await context.cookies();
+  if (stored.localStorage.length + stored.sessionStorage.length + cookies.length > 0) {
+    fail(`the page stored ${JSON.stringify({ ...stored, cookies: cookies.map((c) => c.name) })}`);
+  }
 }
 
 // Polls the page until `done(shown)` holds. Fails when `overshot(shown)` holds, when what
@@ -161,7 +208,9 @@ async function main() {
     const page = context.pages()[0] ?? (await context.newPage());
     page.on("pageerror", (error) => problems.push(`script error in the page: ${error.message}`));
     page.on("console", (message) => {
-      if (message.type() === "error") {
+      // Chromium logs the 401 of the deliberately wrong login as a failed resource.
+      const wrongLogin = message.location().url.endsWith("/v1/auth/login");
+      if (message.type() === "error" && !wrongLogin) {
         problems.push(`console error in the page: ${message.text()}`);
       }
     });
@@ -170,9 +219,17 @@ async function main() {
     if (!response || !response.ok()) {
       fail(`GET ${options.url.href} returned ${response ? response.status() : "no response"}`);
     }
+    await page
+      .locator("#login-form")
+      .waitFor({ state: "visible", timeout: options.timeoutMs })
+      .catch(() => fail("the page shows no login form"));
+    const loginError = await rejectWrongPassword(page, options.email, options.timeoutMs);
+    console.log(`login error ${loginError}`);
+    await submitLogin(page, options.email, options.password);
     await waitForPage(page, "the page did not subscribe", options.timeoutMs, (shown) => {
       return shown.connection === "live";
     });
+    await checkNoStoredTokens(page, context);
     console.log("ready");
 
     const shown = await waitForPage(

@@ -4,11 +4,13 @@
 // reaches it. The process is driven through standard input and reports on standard output,
 // one JSON object per line.
 //
-// Usage: node idle-sockets.mjs '<config>'
+// Usage: MERIDIAN_ACCESS_TOKEN=<token> node idle-sockets.mjs '<config>'
 //   config: { "url": "http://127.0.0.1:8091", "parallel": 100, "timeout_ms": 20000 }
 //     parallel    connections being opened at once (default 100)
 //     timeout_ms  limit for one connection and its subscription acknowledgement
 //                 (default 20000)
+//   The access token, of an admin or analyst, goes in every handshake as `auth: { token }`.
+//   It comes from the environment rather than the command line, which other users can read.
 //
 // Input lines:
 //   { "cmd": "open", "count": n }  open n more connections
@@ -48,6 +50,7 @@ function openOne() {
       forceNew: true,
       reconnection: false,
       timeout: timeoutMs,
+      auth: { token: process.env.MERIDIAN_ACCESS_TOKEN ?? "" },
     });
     let settled = false;
     const finish = (error) => {

@@ -2,8 +2,10 @@
 // default options, controlled through standard input and reporting on standard output, one
 // JSON object per line.
 //
-// Usage: node subscriber.mjs '<config>'
+// Usage: MERIDIAN_ACCESS_TOKEN=<token> node subscriber.mjs '<config>'
 //   config: { "url": "http://127.0.0.1:8091", "subscriptions": [ { "topic": ... }, ... ] }
+//   The access token goes in the Socket.IO handshake as `auth: { token }`. It comes from the
+//   environment rather than the command line, which other users can read.
 //
 // Output lines:
 //   { "type": "connected", "url": ... }
@@ -11,9 +13,11 @@
 //   { "type": "update", "index": i, "update": <the update> }
 //   { "type": "reset", "index": i, "message": <the reset event> }
 //   { "type": "disconnected", "reason": ... }
+//   { "type": "connect_error", "url": ..., "message": ... }
 //   { "type": "error", "message": ... }
 // Input lines:
 //   { "cmd": "switch", "url": "http://127.0.0.1:8092" }  drop the connection and resume on url
+//   { "cmd": "token", "token": "..." }  use this access token from the next handshake on
 //   { "cmd": "exit" }
 //
 // On every connection, including the automatic reconnections of socket.io-client, each
@@ -38,10 +42,13 @@ const last = config.subscriptions.map((request) => request.after ?? null);
 // Server subscription id to subscription index, for the current connection only.
 let indexOf = new Map();
 let socket = null;
+// The access token of the next handshake. socket.io-client calls the `auth` function on
+// every connection attempt, so reconnections use the latest token.
+let token = process.env.MERIDIAN_ACCESS_TOKEN ?? "";
 
 function connect(url) {
   indexOf = new Map();
-  const current = io(url);
+  const current = io(url, { auth: (send) => send({ token }) });
   socket = current;
   current.on("connect", () => {
     if (current !== socket) return;
@@ -91,6 +98,8 @@ commands.on("line", (line) => {
     socket = null;
     previous?.disconnect();
     connect(command.url);
+  } else if (command.cmd === "token" && typeof command.token === "string") {
+    token = command.token;
   } else if (command.cmd === "exit") {
     socket?.disconnect();
     process.exit(0);

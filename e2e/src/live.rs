@@ -2,12 +2,15 @@
 //! under Node.js and collects what it reports.
 //!
 //! The packages come from `e2e/js/node_modules`; `make test` installs them with `npm ci`.
+//! The script connects with an access token, which it reads from the environment variable
+//! `MERIDIAN_ACCESS_TOKEN` and sends in the Socket.IO handshake.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use meridian_importer::session::Secret;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
@@ -31,8 +34,13 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    /// Connects to `socket_url` and makes `subscriptions` (each a `subscribe` payload).
-    pub async fn start(socket_url: &str, subscriptions: &[Value]) -> anyhow::Result<Self> {
+    /// Connects to `socket_url` with the access token `token` and makes `subscriptions` (each
+    /// a `subscribe` payload).
+    pub async fn start(
+        socket_url: &str,
+        token: &Secret,
+        subscriptions: &[Value],
+    ) -> anyhow::Result<Self> {
         let directory = js_dir();
         if !directory.join("node_modules/socket.io-client").exists() {
             bail!(
@@ -44,6 +52,7 @@ impl Subscriber {
         let mut child = Command::new("node")
             .arg(directory.join("subscriber.mjs"))
             .arg(config.to_string())
+            .env("MERIDIAN_ACCESS_TOKEN", token.expose())
             .current_dir(&directory)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -123,6 +132,12 @@ impl Subscriber {
         )
         .await?;
         Ok(acknowledgements(&self.log[start..]))
+    }
+
+    /// Makes the next handshakes, including automatic reconnections, send `token`.
+    pub async fn set_token(&mut self, token: &Secret) -> anyhow::Result<()> {
+        self.send(json!({ "cmd": "token", "token": token.expose() }))
+            .await
     }
 
     /// Drops the connection and resumes every subscription on `socket_url`.

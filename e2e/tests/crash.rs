@@ -38,11 +38,7 @@ async fn sigkill_mid_import_keeps_counts_equal() -> anyhow::Result<()> {
     let rows = read_week_rows(WEEK_FILE.as_ref(), 4_000)?;
     let expected = write_unseen_file(&file, &rows)?;
 
-    let mut options = meridian_importer::ImportOptions::new(&file);
-    options.command_url = platform.command_url.clone();
-    options.query_url = platform.query_url.clone();
-    options.show_progress = false;
-    options.wait_timeout = Duration::from_secs(600);
+    let mut options = platform.import_options(&file);
     options.batch_size = 100;
     options.concurrency = 4;
     let import = tokio::spawn(meridian_importer::import(options));

@@ -1,5 +1,6 @@
-//! Opens the live map in headless Chromium, imports AIS reports, and checks that the page
-//! shows every vessel and every location update; saves a screenshot of the page.
+//! Opens the live map in headless Chromium and logs in through its form as the admin. Then
+//! imports AIS reports and checks that the page shows every vessel and every location
+//! update, and saves a screenshot of the page.
 //!
 //! Needs Node.js, the packages of e2e/js (`npm ci` there; `make test` runs it) and Debian's
 //! Chromium at /usr/bin/chromium (`infra/stack.sh install` installs it as root).
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use meridian_e2e::ais::{read_week_rows, write_unseen_file, Report};
-use meridian_e2e::{target_dir, Platform};
+use meridian_e2e::{target_dir, Platform, ADMIN_EMAIL};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::task::JoinHandle;
@@ -45,11 +46,16 @@ async fn dashboard_shows_imported_reports() -> anyhow::Result<()> {
 
     let mut browser = BrowserCheck::start(
         &platform.query_url,
+        (ADMIN_EMAIL, &platform.secrets.admin_password),
         expected.reports.len(),
         expected.distinct_reports(),
         &screenshot,
     )?;
-    browser.wait_until_ready().await?;
+    let login_error = browser.wait_until_ready().await?;
+    assert!(
+        login_error.contains("wrong"),
+        "the page's error for a wrong password: {login_error}"
+    );
 
     let report = import(&platform, &file).await?;
     assert!(report.failed_vessels().is_empty(), "failed vessels");
@@ -163,9 +169,11 @@ struct BrowserCheck {
 }
 
 impl BrowserCheck {
-    /// Starts the script, which opens the page and waits for the expected counts.
+    /// Starts the script, which opens the page, logs in with `login` (email and password)
+    /// and waits for the expected counts.
     fn start(
         query_url: &str,
+        login: (&str, &str),
         users: usize,
         updates: usize,
         screenshot: &Path,
@@ -173,6 +181,8 @@ impl BrowserCheck {
         let mut child = Command::new("node")
             .arg("dashboard.mjs")
             .args(["--url", &format!("{query_url}/")])
+            .args(["--email", login.0])
+            .env("MERIDIAN_DASHBOARD_PASSWORD", login.1)
             .args(["--users", &users.to_string()])
             .args(["--updates", &updates.to_string()])
             .arg("--screenshot")
@@ -201,26 +211,32 @@ impl BrowserCheck {
         })
     }
 
-    /// Waits until the script prints `ready`, meaning that the page has subscribed.
-    async fn wait_until_ready(&mut self) -> anyhow::Result<()> {
+    /// Waits until the script prints `ready`, meaning that the page has logged in and
+    /// subscribed, and returns the login error it printed for a wrong password.
+    async fn wait_until_ready(&mut self) -> anyhow::Result<String> {
         let stdout = &mut self.stdout;
         let ready = async {
+            let mut login_error = String::new();
             while let Some(line) = stdout.next_line().await? {
+                if let Some(message) = line.strip_prefix("login error ") {
+                    login_error = message.to_owned();
+                }
                 if line == "ready" {
-                    return anyhow::Ok(true);
+                    return anyhow::Ok(Some(login_error));
                 }
             }
-            anyhow::Ok(false)
+            anyhow::Ok(None)
         };
-        // The script bounds its own waits by PAGE_TIMEOUT; this one also covers its start.
-        match tokio::time::timeout(PAGE_TIMEOUT * 2, ready).await {
-            Ok(Ok(true)) => Ok(()),
-            Ok(Ok(false)) => {
+        // The script bounds its own waits by PAGE_TIMEOUT; this one also covers its start
+        // and its two logins.
+        match tokio::time::timeout(PAGE_TIMEOUT * 3, ready).await {
+            Ok(Ok(Some(login_error))) => Ok(login_error),
+            Ok(Ok(None)) => {
                 let stderr = (&mut self.stderr).await.unwrap_or_default();
                 bail!("the browser check exited before the page subscribed:\n{stderr}")
             }
             Ok(Err(error)) => Err(error.context("failed to read the browser check's output")),
-            Err(_) => bail!("the page did not subscribe within {:?}", PAGE_TIMEOUT * 2),
+            Err(_) => bail!("the page did not subscribe within {:?}", PAGE_TIMEOUT * 3),
         }
     }
 
@@ -254,10 +270,7 @@ async fn import(
     platform: &Platform,
     file: &Path,
 ) -> anyhow::Result<meridian_importer::ImportReport> {
-    let mut options = meridian_importer::ImportOptions::new(file);
-    options.command_url = platform.command_url.clone();
-    options.query_url = platform.query_url.clone();
-    options.show_progress = false;
+    let mut options = platform.import_options(file);
     options.wait_timeout = Duration::from_secs(300);
     Ok(meridian_importer::import(options).await?)
 }

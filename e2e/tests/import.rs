@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use meridian_e2e::ais::{read_week_rows, write_unseen_file};
-use meridian_e2e::{header, Platform};
+use meridian_e2e::{header, json_body, Platform};
 use rdkafka::Message;
 
 const WEEK_FILE: &str = concat!(
@@ -37,24 +37,22 @@ async fn import_reaches_every_store() -> anyhow::Result<()> {
     );
     platform.wait_caught_up(Duration::from_secs(600)).await?;
 
-    let http = reqwest::Client::new();
+    // Finding users by email is for admins only.
+    let admin = platform.admin();
+    let http = admin.http();
     for mmsi in expected.reports.keys() {
-        let found: serde_json::Value = http
-            .get(format!("{}/v1/users", platform.query_url))
-            .query(&[("email", format!("vessel-{mmsi}@ais.example"))])
-            .send()
-            .await?
-            .json()
-            .await?;
+        let users_url = format!("{}/v1/users", platform.query_url);
+        let email = format!("vessel-{mmsi}@ais.example");
+        let found = json_body(
+            &admin
+                .execute(|| http.get(&users_url).query(&[("email", &email)]))
+                .await?,
+        )?;
         let users = found["users"].as_array().cloned().unwrap_or_default();
         assert_eq!(users.len(), 1, "users with the email of vessel {mmsi}");
         let id = users[0]["user_id"].as_str().unwrap_or_default().to_owned();
-        let location: serde_json::Value = http
-            .get(format!("{}/v1/users/{id}/location", platform.query_url))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let location_url = format!("{}/v1/users/{id}/location", platform.query_url);
+        let location = json_body(&admin.execute(|| http.get(&location_url)).await?)?;
         let latest = expected.latest(*mmsi).expect("vessel has reports");
         assert_eq!(
             location["latitude"].as_f64(),
@@ -129,10 +127,5 @@ async fn import(
     platform: &Platform,
     file: &std::path::Path,
 ) -> anyhow::Result<meridian_importer::ImportReport> {
-    let mut options = meridian_importer::ImportOptions::new(file);
-    options.command_url = platform.command_url.clone();
-    options.query_url = platform.query_url.clone();
-    options.show_progress = false;
-    options.wait_timeout = Duration::from_secs(600);
-    Ok(meridian_importer::import(options).await?)
+    Ok(meridian_importer::import(platform.import_options(file)).await?)
 }

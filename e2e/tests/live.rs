@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use meridian_e2e::ais::{read_week_rows, write_unseen_file};
 use meridian_e2e::live::Subscriber;
-use meridian_e2e::{free_local_addr, Platform, Process};
+use meridian_e2e::{free_local_addr, json_body, Platform, Process};
+use meridian_importer::session::Secret;
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -27,10 +28,10 @@ fn whole_world() -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_receive_every_update_once_in_order() -> anyhow::Result<()> {
     let platform = Platform::start("subscribers_receive_every_update_once_in_order").await?;
-    let http = reqwest::Client::new();
-    let user = register(&http, &platform, "live-one@example.com").await?;
+    let user = register(&platform, "live-one@example.com").await?;
     let mut subscriber = Subscriber::start(
         &platform.socket_urls[0],
+        &token(&platform).await?,
         &[
             whole_world(),
             json!({ "topic": "user_locations", "user_id": user }),
@@ -47,24 +48,26 @@ async fn subscribers_receive_every_update_once_in_order() -> anyhow::Result<()> 
 
     let (directory, import) = start_import(&platform, 800)?;
     let own_reports = 20;
+    // The user sends their own reports and renames themselves.
+    let own_session = platform
+        .login("live-one@example.com", "long enough password")
+        .await?;
+    let http = own_session.http();
     for minute in 0..own_reports {
-        http.post(format!(
-            "{}/v1/users/{user}/locations",
-            platform.command_url
-        ))
-        .json(&json!({
+        let url = format!("{}/v1/users/{user}/locations", platform.command_url);
+        let body = json!({
             "latitude": 40.70, "longitude": -74.01,
             "recorded_at": format!("2020-12-01T00:{minute:02}:00Z"),
-        }))
-        .send()
-        .await?
-        .error_for_status()?;
+        });
+        json_body(&own_session.execute(|| http.post(&url).json(&body)).await?)?;
     }
-    http.patch(format!("{}/v1/users/{user}", platform.command_url))
-        .json(&json!({ "name": "Renamed" }))
-        .send()
-        .await?
-        .error_for_status()?;
+    let url = format!("{}/v1/users/{user}", platform.command_url);
+    let rename = json!({ "name": "Renamed" });
+    json_body(
+        &own_session
+            .execute(|| http.patch(&url).json(&rename))
+            .await?,
+    )?;
     import.await??;
 
     let all = location_positions(&platform, None).await?;
@@ -130,6 +133,7 @@ async fn subscribers_receive_every_update_once_in_order() -> anyhow::Result<()> 
     // A resume from a position that was never an update is refused, naming the field.
     let mut stranger = Subscriber::start(
         &platform.socket_urls[1],
+        &token(&platform).await?,
         &[json!({ "topic": "area", "bbox": [-180, -90, 180, 90], "after": 987_654_321 })],
     )
     .await?;
@@ -141,7 +145,12 @@ async fn subscribers_receive_every_update_once_in_order() -> anyhow::Result<()> 
 
     // One socket may have at most 64 subscriptions, however fast it requests more.
     let greedy_requests = vec![json!({ "topic": "user_locations", "user_id": user }); 65];
-    let mut greedy = Subscriber::start(&platform.socket_urls[0], &greedy_requests).await?;
+    let mut greedy = Subscriber::start(
+        &platform.socket_urls[0],
+        &token(&platform).await?,
+        &greedy_requests,
+    )
+    .await?;
     let replies = greedy.wait_subscribed(WAIT).await?;
     let accepted = replies.iter().filter(|reply| reply["ok"] == true).count();
     let refused: Vec<_> = replies
@@ -161,7 +170,12 @@ async fn subscribers_receive_every_update_once_in_order() -> anyhow::Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_on_other_replica_is_exact() -> anyhow::Result<()> {
     let mut platform = Platform::start("resume_on_other_replica_is_exact").await?;
-    let mut subscriber = Subscriber::start(&platform.socket_urls[0], &[whole_world()]).await?;
+    let mut subscriber = Subscriber::start(
+        &platform.socket_urls[0],
+        &token(&platform).await?,
+        &[whole_world()],
+    )
+    .await?;
     subscriber.wait_subscribed(WAIT).await?;
 
     let (directory, import) = start_import(&platform, 1_500)?;
@@ -174,11 +188,10 @@ async fn resume_on_other_replica_is_exact() -> anyhow::Result<()> {
     // Kill the replica the client is on and record reports while it is down. Once the
     // replica is back, socket.io-client reconnects by itself and the subscription resumes
     // from its last position: the missed reports first, then the live ones.
-    let http = reqwest::Client::new();
-    let user = register(&http, &platform, "restart@example.com").await?;
+    let user = register(&platform, "restart@example.com").await?;
     platform.kill(Process::QueryReplica)?;
     for minute in 0..20 {
-        record(&http, &platform, user, minute).await?;
+        record(&platform, user, minute).await?;
     }
     platform.spawn(Process::QueryReplica)?;
     platform.wait_healthy().await?;
@@ -188,7 +201,7 @@ async fn resume_on_other_replica_is_exact() -> anyhow::Result<()> {
         })
         .await?;
     for minute in 20..40 {
-        record(&http, &platform, user, minute).await?;
+        record(&platform, user, minute).await?;
     }
 
     let all = location_positions(&platform, None).await?;
@@ -215,8 +228,18 @@ async fn subscribers_resume_without_loss_after_redis_restarts() -> anyhow::Resul
     .await?;
     let channel = format!("{}updates", platform.settings.topic_prefix);
     wait_for_subscribers(&redis_url, &channel, 2).await?;
-    let mut first = Subscriber::start(&platform.socket_urls[0], &[whole_world()]).await?;
-    let mut second = Subscriber::start(&platform.socket_urls[1], &[whole_world()]).await?;
+    let mut first = Subscriber::start(
+        &platform.socket_urls[0],
+        &token(&platform).await?,
+        &[whole_world()],
+    )
+    .await?;
+    let mut second = Subscriber::start(
+        &platform.socket_urls[1],
+        &token(&platform).await?,
+        &[whole_world()],
+    )
+    .await?;
     first.wait_subscribed(WAIT).await?;
     second.wait_subscribed(WAIT).await?;
 
@@ -241,12 +264,7 @@ async fn subscribers_resume_without_loss_after_redis_restarts() -> anyhow::Resul
     let client = redis::Client::open(redis_url.as_str())?;
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe(&channel).await?;
-    let user = register(
-        &reqwest::Client::new(),
-        &platform,
-        "after-restart@example.com",
-    )
-    .await?;
+    let user = register(&platform, "after-restart@example.com").await?;
     let published = tokio::time::timeout(WAIT, async {
         use futures::StreamExt;
         let mut messages = pubsub.on_message();
@@ -279,12 +297,11 @@ async fn resuming_past_the_retention_window_is_refused() -> anyhow::Result<()> {
         &[("MERIDIAN_UPDATE_RETENTION_SECS", "1")],
     )
     .await?;
-    let http = reqwest::Client::new();
-    let user = register(&http, &platform, "retention@example.com").await?;
-    let first = record(&http, &platform, user, 0).await?;
+    let user = register(&platform, "retention@example.com").await?;
+    let first = record(&platform, user, 0).await?;
     // Wait until the update is past the window and the pruning task has run.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    record(&http, &platform, user, 1).await?;
+    record(&platform, user, 1).await?;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let pruned: i64 = sqlx::query_scalar("SELECT pruned_seq FROM rm_update_head")
@@ -307,6 +324,7 @@ async fn resuming_past_the_retention_window_is_refused() -> anyhow::Result<()> {
 
     let mut subscriber = Subscriber::start(
         &platform.socket_urls[0],
+        &token(&platform).await?,
         &[
             json!({ "topic": "user_locations", "user_id": user, "after": first }),
             json!({ "topic": "user_locations", "user_id": user, "after": 0 }),
@@ -385,43 +403,30 @@ fn assert_same_sequence(received: &[i64], expected: &[i64], what: &str) {
     assert_eq!(received, expected, "{what}: updates out of commit order");
 }
 
-async fn register(
-    http: &reqwest::Client,
-    platform: &Platform,
-    email: &str,
-) -> anyhow::Result<Uuid> {
-    let created: Value = http
-        .post(format!("{}/v1/users", platform.command_url))
-        .json(&json!({ "email": email, "name": "Live Tester", "password": "long enough password" }))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    Ok(created["user_id"].as_str().unwrap_or_default().parse()?)
+async fn register(platform: &Platform, email: &str) -> anyhow::Result<Uuid> {
+    platform
+        .register(email, "Live Tester", "long enough password")
+        .await
 }
 
-/// Records one report and returns the position of its event.
-async fn record(
-    http: &reqwest::Client,
-    platform: &Platform,
-    user: Uuid,
-    minute: u32,
-) -> anyhow::Result<i64> {
-    let accepted: Value = http
-        .post(format!(
-            "{}/v1/users/{user}/locations",
-            platform.command_url
-        ))
-        .json(&json!({
-            "latitude": 40.7, "longitude": -74.0,
-            "recorded_at": format!("2020-12-01T00:{minute:02}:00Z"),
-        }))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+/// Returns a fresh access token of the admin, who may subscribe to every topic.
+async fn token(platform: &Platform) -> anyhow::Result<Secret> {
+    Ok(platform.admin().access_token().await?)
+}
+
+/// Records one report as the admin and returns the position of its event.
+async fn record(platform: &Platform, user: Uuid, minute: u32) -> anyhow::Result<i64> {
+    let url = format!("{}/v1/users/{user}/locations", platform.command_url);
+    let body = json!({
+        "latitude": 40.7, "longitude": -74.0,
+        "recorded_at": format!("2020-12-01T00:{minute:02}:00Z"),
+    });
+    let admin = platform.admin();
+    let accepted = json_body(
+        &admin
+            .execute(|| admin.http().post(&url).json(&body))
+            .await?,
+    )?;
     accepted["position"]
         .as_i64()
         .ok_or_else(|| anyhow::anyhow!("no position in {accepted}"))
@@ -436,10 +441,7 @@ fn start_import(
     let directory = tempdir()?;
     let file = directory.join("slice.csv");
     write_unseen_file(&file, &read_week_rows(WEEK_FILE.as_ref(), rows)?)?;
-    let mut options = meridian_importer::ImportOptions::new(&file);
-    options.command_url = platform.command_url.clone();
-    options.query_url = platform.query_url.clone();
-    options.show_progress = false;
+    let mut options = platform.import_options(&file);
     options.wait_timeout = WAIT;
     let import = tokio::spawn(async move {
         let report = meridian_importer::import(options).await?;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use meridian_crypto::personal::personal_fields;
 use meridian_e2e::ais::{read_week_rows, write_unseen_file};
 use meridian_e2e::{header, Platform};
+use meridian_importer::session::Reply;
 use rdkafka::Message;
 use regex::Regex;
 use serde_json::{json, Value};
@@ -33,12 +34,7 @@ async fn personal_data_is_sealed_and_erase_destroys_it() -> anyhow::Result<()> {
     let file = directory.join("unseen.csv");
     write_unseen_file(&file, &read_week_rows(WEEK_FILE.as_ref(), 1_500)?)?;
 
-    let mut options = meridian_importer::ImportOptions::new(&file);
-    options.command_url = platform.command_url.clone();
-    options.query_url = platform.query_url.clone();
-    options.show_progress = false;
-    options.wait_timeout = Duration::from_secs(600);
-    let report = meridian_importer::import(options).await?;
+    let report = meridian_importer::import(platform.import_options(&file)).await?;
     assert!(report.failed_vessels().is_empty(), "failed vessels");
     platform.wait_caught_up(Duration::from_secs(600)).await?;
 
@@ -112,12 +108,12 @@ async fn personal_data_is_sealed_and_erase_destroys_it() -> anyhow::Result<()> {
     let documents_before = platform.count_mongo_documents().await?;
     assert_eq!(history_before, documents_before);
 
-    let http = reqwest::Client::new();
-    let erased = http
-        .delete(format!("{}/v1/users/{victim}", platform.command_url))
-        .send()
-        .await?;
-    assert_eq!(erased.status(), 200, "{}", erased.text().await?);
+    // The admin erases the user and then tries to act on them.
+    let admin = platform.admin();
+    let http = admin.http();
+    let victim_url = format!("{}/v1/users/{victim}", platform.command_url);
+    let erased = admin.execute(|| http.delete(&victim_url)).await?;
+    assert_eq!(erased.status, 200, "{}", text(&erased));
 
     let keys_left: i64 = sqlx::query_scalar("SELECT count(*) FROM user_keys WHERE user_id = $1")
         .bind(&victim)
@@ -209,43 +205,37 @@ async fn personal_data_is_sealed_and_erase_destroys_it() -> anyhow::Result<()> {
     assert!(opened["LocationRecorded"]["latitude"].is_number());
 
     // Commands for the erased user return 410, reads find nothing, and the address is free again.
-    let rename = http
-        .patch(format!("{}/v1/users/{victim}", platform.command_url))
-        .json(&json!({"name": "Someone"}))
-        .send()
+    let rename_body = json!({"name": "Someone"});
+    let rename = admin
+        .execute(|| http.patch(&victim_url).json(&rename_body))
         .await?;
-    assert_eq!(rename.status(), 410);
-    let body: Value = rename.json().await?;
+    assert_eq!(rename.status, 410);
+    let body: Value = serde_json::from_slice(&rename.body)?;
     assert_eq!(body["error"], "gone");
-    let report = http
-        .post(format!(
-            "{}/v1/users/{victim}/locations",
-            platform.command_url
-        ))
-        .json(&json!({"latitude": 40.7, "longitude": -74.0, "recorded_at": "2020-12-01T00:00:00Z"}))
-        .send()
+    let locations_url = format!("{victim_url}/locations");
+    let report_body =
+        json!({"latitude": 40.7, "longitude": -74.0, "recorded_at": "2020-12-01T00:00:00Z"});
+    let report = admin
+        .execute(|| http.post(&locations_url).json(&report_body))
         .await?;
-    assert_eq!(report.status(), 410);
-    let again = http
-        .delete(format!("{}/v1/users/{victim}", platform.command_url))
-        .send()
+    assert_eq!(report.status, 410);
+    let again = admin.execute(|| http.delete(&victim_url)).await?;
+    assert_eq!(again.status, 410);
+    let read_url = format!("{}/v1/users/{victim}", platform.query_url);
+    let read = admin.execute(|| http.get(&read_url)).await?;
+    assert_eq!(read.status, 404);
+    // Registration is open: the address is free again for anyone.
+    platform
+        .register(&victim_email, "New Owner", "long enough password")
         .await?;
-    assert_eq!(again.status(), 410);
-    let read = http
-        .get(format!("{}/v1/users/{victim}", platform.query_url))
-        .send()
-        .await?;
-    assert_eq!(read.status(), 404);
-    let register = http
-        .post(format!("{}/v1/users", platform.command_url))
-        .json(&json!({"email": victim_email, "name": "New Owner", "password": "long enough password"}))
-        .send()
-        .await?;
-    assert_eq!(register.status(), 201, "{}", register.text().await?);
 
     platform.shut_down().await?;
     std::fs::remove_dir_all(directory)?;
     Ok(())
+}
+
+fn text(reply: &Reply) -> String {
+    String::from_utf8_lossy(&reply.body).into_owned()
 }
 
 async fn read_plaintexts(platform: &Platform) -> anyhow::Result<Plaintexts> {

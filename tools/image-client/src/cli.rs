@@ -4,6 +4,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
+use meridian_importer::session::{Credentials, CredentialsError};
 use uuid::Uuid;
 
 use crate::envelope::{self, EnvelopeFailure, DEFAULT_PBKDF2_ITERATIONS};
@@ -61,6 +62,8 @@ pub enum Command {
         secret: SecretArgs,
         #[command(flatten)]
         iterations: IterationsArg,
+        #[command(flatten)]
+        login: LoginArgs,
         /// Base URL of the command service.
         #[arg(long, env = "MERIDIAN_COMMAND_URL", default_value = DEFAULT_COMMAND_URL)]
         command_url: String,
@@ -74,6 +77,11 @@ pub enum Command {
         out: PathBuf,
         #[command(flatten)]
         secret: SecretArgs,
+        #[command(flatten)]
+        login: LoginArgs,
+        /// Base URL of the command service, where the login goes.
+        #[arg(long, env = "MERIDIAN_COMMAND_URL", default_value = DEFAULT_COMMAND_URL)]
+        command_url: String,
         /// Base URL of the query service.
         #[arg(long, env = "MERIDIAN_QUERY_URL", default_value = DEFAULT_QUERY_URL)]
         query_url: String,
@@ -105,6 +113,23 @@ pub struct SecretArgs {
     pub key_file: Option<PathBuf>,
 }
 
+/// The account that uploads or downloads: the image's owner, or an admin.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Email address to log in with.
+    #[arg(long, env = "MERIDIAN_EMAIL", value_name = "EMAIL")]
+    pub email: String,
+    /// File that contains the password (line breaks at its end are ignored).
+    #[arg(long, env = "MERIDIAN_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: PathBuf,
+}
+
+impl LoginArgs {
+    fn load(self) -> Result<Credentials, CredentialsError> {
+        Credentials::from_password_file(self.email, &self.password_file)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct IterationsArg {
     /// PBKDF2-HMAC-SHA256 iterations in passphrase mode, 100000 to 10000000.
@@ -132,6 +157,8 @@ pub enum CliError {
     Envelope(#[from] EnvelopeFailure),
     #[error(transparent)]
     Http(#[from] HttpFailure),
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
     #[error("failed to read {path}: {source}")]
     Read {
         path: String,
@@ -190,23 +217,27 @@ pub async fn run(command: Command) -> Result<String, CliError> {
             input,
             secret,
             iterations,
+            login,
             command_url,
         } => {
+            let credentials = login.load()?;
             let image = read(&input)?;
             let sealed =
                 envelope::seal(&image, user.user_id, &secret.load()?, iterations.iterations)?;
-            let http = service::http_client()?;
-            let uploaded = service::upload(&http, &command_url, user.user_id, sealed).await?;
+            let session = service::login(&command_url, credentials).await?;
+            let uploaded = service::upload(&session, &command_url, user.user_id, sealed).await?;
             Ok(describe_upload(&uploaded))
         }
         Command::Download {
             user,
             out,
             secret,
+            login,
+            command_url,
             query_url,
         } => {
-            let http = service::http_client()?;
-            let downloaded = service::download(&http, &query_url, user.user_id).await?;
+            let session = service::login(&command_url, login.load()?).await?;
+            let downloaded = service::download(&session, &query_url, user.user_id).await?;
             let image = envelope::open(&downloaded.bytes, user.user_id, &secret.load()?)?;
             if downloaded.media_type != image.media_type.as_str() {
                 return Err(CliError::MediaTypeMismatch {
@@ -307,6 +338,26 @@ mod tests {
     }
 
     #[test]
+    fn download_requires_login() {
+        let result = Cli::try_parse_from([
+            "meridian-image",
+            "download",
+            "--out",
+            "a.png",
+            "--user-id",
+            "0b5cbd6e-4c3e-4a43-9d1e-2f6b0e1f4a7c",
+            "--key-file",
+            "user.key",
+        ]);
+        let error = result.unwrap_err();
+        assert_eq!(
+            error.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+        assert!(error.to_string().contains("--email"), "{error}");
+    }
+
+    #[test]
     fn iterations_default_to_600000() {
         let cli = Cli::try_parse_from([
             "meridian-image",
@@ -317,6 +368,10 @@ mod tests {
             "0b5cbd6e-4c3e-4a43-9d1e-2f6b0e1f4a7c",
             "--key-file",
             "user.key",
+            "--email",
+            "owner@example.com",
+            "--password-file",
+            "password",
         ])
         .unwrap();
         let Command::Upload { iterations, .. } = cli.command else {

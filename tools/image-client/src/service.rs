@@ -1,11 +1,16 @@
-//! HTTP calls to Meridian: upload an envelope to the command service and download the
+//! HTTP calls to Meridian: log in, upload an envelope to the command service and download the
 //! current one from the query service. Neither call sends a key or a plaintext image.
+//!
+//! Both calls go through a [`Session`] of the importer's library, which sends the access
+//! token, renews it when it expires and waits after 429 responses as `Retry-After` requests.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_domain::profile::envelope::ENVELOPE_CONTENT_TYPE;
+use meridian_importer::session::{Credentials, RateLimitPolicy, Reply, Session, SessionError};
 use reqwest::header::{CONTENT_TYPE, ETAG};
-use reqwest::{Response, StatusCode};
+use reqwest::StatusCode;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -26,6 +31,8 @@ pub enum HttpFailure {
     Client(reqwest::Error),
     #[error("request to {url} failed: {source}")]
     Request { url: String, source: reqwest::Error },
+    #[error("logging in or renewing the access token failed: {0}")]
+    Session(#[source] SessionError),
     #[error("{url} responded {status}: {message}")]
     Status {
         url: String,
@@ -75,8 +82,7 @@ struct ErrorBody {
     request_id: Option<String>,
 }
 
-/// Builds the HTTP client for [`upload`] and [`download`], with a 30-second timeout per
-/// request.
+/// Builds the HTTP client for [`login`], with a 30-second timeout per request.
 pub fn http_client() -> Result<reqwest::Client, HttpFailure> {
     reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
@@ -84,50 +90,64 @@ pub fn http_client() -> Result<reqwest::Client, HttpFailure> {
         .map_err(HttpFailure::Client)
 }
 
+/// Logs in to the command service at `command_url`. Waits after 429 responses are reported
+/// on stderr.
+pub async fn login(command_url: &str, credentials: Credentials) -> Result<Session, HttpFailure> {
+    let notify = Arc::new(|line: &str| eprintln!("{line}"));
+    Session::login(
+        http_client()?,
+        command_url,
+        credentials,
+        RateLimitPolicy::default(),
+        Some(notify),
+    )
+    .await
+    .map_err(HttpFailure::Session)
+}
+
 /// Sends `envelope` to the command service at `command_url` with
 /// `PUT /v1/users/{id}/profile/image`.
 pub async fn upload(
-    http: &reqwest::Client,
+    session: &Session,
     command_url: &str,
     user_id: Uuid,
     envelope: Vec<u8>,
 ) -> Result<UploadedImage, HttpFailure> {
     let base = command_url.trim_end_matches('/');
     let url = format!("{base}/v1/users/{user_id}/profile/image");
-    let response = http
-        .put(&url)
-        .header(CONTENT_TYPE, ENVELOPE_CONTENT_TYPE)
-        .body(envelope)
-        .send()
+    let reply = session
+        .execute(|| {
+            session
+                .http()
+                .put(&url)
+                .header(CONTENT_TYPE, ENVELOPE_CONTENT_TYPE)
+                .body(envelope.clone())
+        })
         .await
-        .map_err(|source| request_failure(&url, source))?;
-    let response = require_success(&url, response).await?;
-    response
-        .json()
-        .await
-        .map_err(|error| invalid_response(&url, error.to_string()))
+        .map_err(|error| session_failure(&url, error))?;
+    let reply = require_success(&url, reply)?;
+    serde_json::from_slice(&reply.body).map_err(|error| invalid_response(&url, error.to_string()))
 }
 
 /// Fetches the current envelope from the query service at `query_url` with
 /// `GET /v1/users/{id}/profile/image`, and checks that its `ETag` is the SHA-256 of the
 /// bytes received.
 pub async fn download(
-    http: &reqwest::Client,
+    session: &Session,
     query_url: &str,
     user_id: Uuid,
 ) -> Result<DownloadedEnvelope, HttpFailure> {
     let base = query_url.trim_end_matches('/');
     let url = format!("{base}/v1/users/{user_id}/profile/image");
-    let response = http
-        .get(&url)
-        .send()
+    let reply = session
+        .execute(|| session.http().get(&url))
         .await
-        .map_err(|source| request_failure(&url, source))?;
-    let response = require_success(&url, response).await?;
+        .map_err(|error| session_failure(&url, error))?;
+    let reply = require_success(&url, reply)?;
 
     let header = |name| {
-        response
-            .headers()
+        reply
+            .headers
             .get(name)
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned)
@@ -139,11 +159,7 @@ pub async fn download(
     }
     let etag = header(ETAG.as_str()).unwrap_or_default();
     let media_type = header(MEDIA_TYPE_HEADER).unwrap_or_default();
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|source| request_failure(&url, source))?
-        .to_vec();
+    let bytes = reply.body;
 
     let image_id = hex_sha256(&bytes);
     if etag.trim_matches('"') != image_id {
@@ -158,15 +174,14 @@ pub async fn download(
 }
 
 /// Returns the response when its status is 2xx, and otherwise the API's error message.
-async fn require_success(url: &str, response: Response) -> Result<Response, HttpFailure> {
-    let status = response.status();
+fn require_success(url: &str, reply: Reply) -> Result<Reply, HttpFailure> {
+    let status = reply.status;
     if status.is_success() {
-        return Ok(response);
+        return Ok(reply);
     }
-    let text = response.text().await.unwrap_or_default();
-    let message = match serde_json::from_str::<ErrorBody>(&text) {
+    let message = match serde_json::from_slice::<ErrorBody>(&reply.body) {
         Ok(body) => describe_error(body),
-        Err(_) => text,
+        Err(_) => String::from_utf8_lossy(&reply.body).into_owned(),
     };
     Err(HttpFailure::Status {
         url: url.to_owned(),
@@ -186,10 +201,13 @@ fn describe_error(body: ErrorBody) -> String {
     message
 }
 
-fn request_failure(url: &str, source: reqwest::Error) -> HttpFailure {
-    HttpFailure::Request {
-        url: url.to_owned(),
-        source,
+fn session_failure(url: &str, error: SessionError) -> HttpFailure {
+    match error {
+        SessionError::Request(source) => HttpFailure::Request {
+            url: url.to_owned(),
+            source,
+        },
+        other => HttpFailure::Session(other),
     }
 }
 

@@ -13,8 +13,9 @@ use meridian_e2e::Platform;
 use meridian_image_client::envelope::{self, EnvelopeFailure};
 use meridian_image_client::secret::{self, Secret};
 use meridian_image_client::service::{self, UploadedImage};
+use meridian_importer::session::Session;
 use rdkafka::message::{Headers, Message};
-use serde_json::{json, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
 /// A 2x2 RGB PNG: red, blue; red, blue.
@@ -38,42 +39,27 @@ fn contains_plaintext(haystack: &[u8]) -> bool {
         .any(|run| haystack.windows(RUN_LEN).any(|window| window == run))
 }
 
-async fn register(http: &reqwest::Client, command_url: &str) -> Uuid {
-    let response = http
-        .post(format!("{command_url}/v1/users"))
-        .json(&json!({
-            "email": "image-owner@ais.example",
-            "name": "Image Owner",
-            "password": "long enough password",
-        }))
-        .send()
-        .await
-        .expect("register request is sent");
-    assert_eq!(response.status(), reqwest::StatusCode::CREATED);
-    let body: Value = response.json().await.expect("register body is JSON");
-    body["user_id"]
-        .as_str()
-        .and_then(|id| Uuid::parse_str(id).ok())
-        .expect("user_id is a UUID")
-}
+/// Email address and password of the image's owner, who uploads and downloads it.
+const OWNER_EMAIL: &str = "image-owner@ais.example";
+const OWNER_PASSWORD: &str = "long enough password";
 
 /// Waits until the query service shows `image_id` as the user's encrypted image, and returns
 /// the profile.
 async fn wait_for_image(
-    http: &reqwest::Client,
+    session: &Session,
     query_url: &str,
     user_id: Uuid,
     image_id: &str,
 ) -> Value {
     let deadline = Instant::now() + Duration::from_secs(90);
+    let url = format!("{query_url}/v1/users/{user_id}/profile");
     loop {
-        let response = http
-            .get(format!("{query_url}/v1/users/{user_id}/profile"))
-            .send()
+        let reply = session
+            .execute(|| session.http().get(&url))
             .await
             .expect("profile request is sent");
-        if response.status().is_success() {
-            let profile: Value = response.json().await.expect("profile body is JSON");
+        if reply.status.is_success() {
+            let profile: Value = serde_json::from_slice(&reply.body).expect("profile is JSON");
             if profile["encrypted_image"]["id"] == image_id {
                 return profile;
             }
@@ -104,10 +90,14 @@ fn path(path: &Path) -> &str {
     path.to_str().expect("temporary paths are UTF-8")
 }
 
-async fn upload(platform: &Platform, user_id: Uuid, secret: &Secret) -> UploadedImage {
-    let http = service::http_client().expect("HTTP client builds");
+async fn upload(
+    platform: &Platform,
+    session: &Session,
+    user_id: Uuid,
+    secret: &Secret,
+) -> UploadedImage {
     let sealed = envelope::seal(PNG, user_id, secret, ITERATIONS).expect("PNG seals");
-    let uploaded = service::upload(&http, &platform.command_url, user_id, sealed)
+    let uploaded = service::upload(session, &platform.command_url, user_id, sealed)
         .await
         .expect("upload succeeds");
     assert_eq!(uploaded.stored_events, 1);
@@ -120,20 +110,28 @@ async fn image_round_trip_leaves_no_plaintext() {
     let mut platform = Platform::start("image_round_trip")
         .await
         .expect("platform starts");
-    let http = service::http_client().expect("HTTP client builds");
-    let user_id = register(&http, &platform.command_url).await;
+    let user_id = platform
+        .register(OWNER_EMAIL, "Image Owner", OWNER_PASSWORD)
+        .await
+        .expect("the owner registers");
+    let owner = platform
+        .login(OWNER_EMAIL, OWNER_PASSWORD)
+        .await
+        .expect("the owner logs in");
     let directory = tempfile::tempdir().unwrap();
+    let password_path = directory.path().join("password");
+    std::fs::write(&password_path, OWNER_PASSWORD).unwrap();
     let key_path = directory.path().join("user.key");
     secret::generate_key_file(&key_path).expect("key file is written");
     let key_file = Secret::from_key_file(&key_path).expect("key file loads");
     let passphrase = Secret::Passphrase("correct horse battery staple".to_owned().into());
 
     // Passphrase mode.
-    let uploaded = upload(&platform, user_id, &passphrase).await;
-    let profile = wait_for_image(&http, &platform.query_url, user_id, &uploaded.image.id).await;
+    let uploaded = upload(&platform, &owner, user_id, &passphrase).await;
+    let profile = wait_for_image(&owner, &platform.query_url, user_id, &uploaded.image.id).await;
     assert_eq!(profile["encrypted_image"]["key_mode"], "passphrase");
     assert_eq!(profile["encrypted_image"]["media_type"], "image/png");
-    let downloaded = service::download(&http, &platform.query_url, user_id)
+    let downloaded = service::download(&owner, &platform.query_url, user_id)
         .await
         .expect("download succeeds");
     assert_eq!(downloaded.image_id, uploaded.image.id);
@@ -144,9 +142,9 @@ async fn image_round_trip_leaves_no_plaintext() {
     assert!(matches!(as_other_user, Err(EnvelopeFailure::Decrypt)));
 
     // Key-file mode replaces the image.
-    let uploaded = upload(&platform, user_id, &key_file).await;
-    wait_for_image(&http, &platform.query_url, user_id, &uploaded.image.id).await;
-    let downloaded = service::download(&http, &platform.query_url, user_id)
+    let uploaded = upload(&platform, &owner, user_id, &key_file).await;
+    wait_for_image(&owner, &platform.query_url, user_id, &uploaded.image.id).await;
+    let downloaded = service::download(&owner, &platform.query_url, user_id)
         .await
         .expect("download succeeds");
     let opened = envelope::open(&downloaded.bytes, user_id, &key_file).expect("envelope opens");
@@ -165,6 +163,10 @@ async fn image_round_trip_leaves_no_plaintext() {
         path(&image_path),
         "--key-file",
         path(&key_path),
+        "--email",
+        OWNER_EMAIL,
+        "--password-file",
+        path(&password_path),
         "--command-url",
         &platform.command_url,
     ]);
@@ -175,7 +177,7 @@ async fn image_round_trip_leaves_no_plaintext() {
         .unwrap_or_else(|| panic!("unexpected upload output: {summary}"))
         .to_owned();
     assert!(summary.contains("at position"), "{summary}");
-    wait_for_image(&http, &platform.query_url, user_id, &image_id).await;
+    wait_for_image(&owner, &platform.query_url, user_id, &image_id).await;
     let download_output = meridian_image(&[
         "download",
         "--user-id",
@@ -184,6 +186,12 @@ async fn image_round_trip_leaves_no_plaintext() {
         path(&copy_path),
         "--key-file",
         path(&key_path),
+        "--email",
+        OWNER_EMAIL,
+        "--password-file",
+        path(&password_path),
+        "--command-url",
+        &platform.command_url,
         "--query-url",
         &platform.query_url,
     ]);

@@ -8,6 +8,8 @@ use clap::Parser;
 use crate::options::{
     ImportOptions, DEFAULT_BATCH_SIZE, DEFAULT_COMMAND_URL, DEFAULT_CONCURRENCY, DEFAULT_QUERY_URL,
 };
+use crate::session::Credentials;
+use crate::ImportError;
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -15,7 +17,8 @@ Exit status:
      (skipped rows and rejected batches are reported but do not fail the import)
   1  a vessel failed, the query service did not catch up in time or shows another
      latest location, or a service could not be reached
-  2  invalid arguments, an unreadable file, or a missing required column";
+  2  invalid arguments, an unreadable file or password file, a missing required
+     column, or an email address and password that the command service rejects";
 
 /// Imports AIS vessel reports (MarineCadastre CSV) into Meridian: one user per vessel, one
 /// location report per row.
@@ -40,6 +43,14 @@ pub struct Cli {
     #[arg(long, env = "MERIDIAN_COMMAND_URL", default_value = DEFAULT_COMMAND_URL)]
     command_url: String,
 
+    /// Email address of the admin account the importer logs in as.
+    #[arg(long, env = "MERIDIAN_IMPORTER_EMAIL", value_name = "EMAIL")]
+    email: String,
+
+    /// File that contains the account's password (line breaks at its end are ignored).
+    #[arg(long, env = "MERIDIAN_IMPORTER_PASSWORD_FILE", value_name = "FILE")]
+    password_file: PathBuf,
+
     /// Base URL of the query service.
     #[arg(long, env = "MERIDIAN_QUERY_URL", default_value = DEFAULT_QUERY_URL)]
     query_url: String,
@@ -62,18 +73,20 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// Converts the command line into import options; the rest keep their defaults.
-    pub fn into_options(self) -> ImportOptions {
+    /// Converts the command line into import options, reading the password file; the rest
+    /// keep their defaults.
+    pub fn into_options(self) -> Result<ImportOptions, ImportError> {
         let file = self.file.or(self.file_option).unwrap_or_default();
-        ImportOptions {
+        let credentials = Credentials::from_password_file(self.email, &self.password_file)?;
+        Ok(ImportOptions {
             command_url: self.command_url,
             query_url: self.query_url,
             batch_size: self.batch_size,
             concurrency: self.concurrency,
             wait_timeout: Duration::from_secs(self.wait_timeout_secs),
             show_progress: !self.quiet,
-            ..ImportOptions::new(file)
-        }
+            ..ImportOptions::new(file, credentials)
+        })
     }
 }
 
@@ -81,10 +94,24 @@ impl Cli {
 mod tests {
     use super::*;
 
+    /// Parses `arguments` after a login with a password file that exists.
     fn parse(arguments: &[&str]) -> Result<ImportOptions, clap::Error> {
-        let mut all = vec!["meridian-import"];
+        let directory = tempfile::tempdir().unwrap();
+        let password_file = directory.path().join("password");
+        std::fs::write(&password_file, "service password\n").unwrap();
+        let mut all = vec![
+            "meridian-import",
+            "--email",
+            "admin@example.com",
+            "--password-file",
+            password_file.to_str().unwrap(),
+        ];
         all.extend_from_slice(arguments);
-        Cli::try_parse_from(all).map(Cli::into_options)
+        parse_all(&all).map(|options| options.unwrap())
+    }
+
+    fn parse_all(arguments: &[&str]) -> Result<Result<ImportOptions, ImportError>, clap::Error> {
+        Cli::try_parse_from(arguments).map(Cli::into_options)
     }
 
     #[test]
@@ -137,6 +164,51 @@ mod tests {
         assert_eq!(options.concurrency, 3);
         assert_eq!(options.wait_timeout, Duration::from_secs(7));
         assert!(!options.show_progress);
+    }
+
+    #[test]
+    fn login_flags_set_credentials() {
+        let options = parse(&["data.csv"]).unwrap();
+        assert_eq!(options.credentials.email, "admin@example.com");
+        assert_eq!(options.credentials.password.expose(), "service password");
+    }
+
+    #[test]
+    fn email_is_required() {
+        let error =
+            parse_all(&["meridian-import", "data.csv", "--password-file", "p"]).unwrap_err();
+        assert_eq!(
+            error.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+    }
+
+    #[test]
+    fn password_file_is_required() {
+        let error =
+            parse_all(&["meridian-import", "data.csv", "--email", "a@example.com"]).unwrap_err();
+        assert_eq!(
+            error.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+    }
+
+    #[test]
+    fn unreadable_password_file_is_a_usage_error() {
+        let arguments = [
+            "meridian-import",
+            "data.csv",
+            "--email",
+            "a@example.com",
+            "--password-file",
+            "/nonexistent/password",
+        ];
+        let error = parse_all(&arguments).unwrap().unwrap_err();
+        assert_eq!(error.exit_code(), crate::EXIT_USAGE);
+        assert!(
+            error.to_string().contains("/nonexistent/password"),
+            "{error}"
+        );
     }
 
     #[test]

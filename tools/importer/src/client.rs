@@ -1,22 +1,28 @@
 //! HTTP calls to Meridian's command and query services, with bounded retries.
 //!
-//! A request is retried after a connection error or time-out, and after the statuses that
-//! describe a passing condition: 408, 409 (a concurrency conflict or an idempotency key still
-//! in use), 425, 429 and 5xx except 501 and 505. The delay grows exponentially; a
-//! `Retry-After` header in seconds replaces it, up to the policy's maximum delay.
+//! Every call to a `/v1` route goes through the [`Session`], which adds the access token,
+//! renews it on a 401 `token_expired`, and waits after 429 responses as `Retry-After`
+//! requests.
+//! On top of that, a request is retried after a connection error or time-out, and after the
+//! statuses that describe a passing condition: 408, 409 (a concurrency conflict or an
+//! idempotency key still in use), 425 and 5xx except 501 and 505. The delay grows
+//! exponentially; a `Retry-After` header in seconds replaces it, up to the policy's maximum
+//! delay.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use meridian_domain::location::LocationReport;
-use reqwest::header::{HeaderValue, RETRY_AFTER};
+use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::console::Console;
 use crate::options::{trim_base, ImportOptions, RetryPolicy};
+use crate::session::{retry_after, Session, SessionError};
 
 /// Header that makes a command safe to repeat.
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
@@ -79,6 +85,13 @@ pub enum ApiError {
         url: String,
         reason: String,
     },
+    #[error("{method} {url} failed after {attempts} attempt(s), because renewing the access token failed: {source}")]
+    Session {
+        method: Method,
+        url: String,
+        attempts: u32,
+        source: Box<SessionError>,
+    },
 }
 
 fn describe_body(body: Option<&ErrorBody>, text: &str) -> String {
@@ -107,18 +120,13 @@ impl ApiError {
     }
 }
 
-/// Returns whether a request that failed with `status` is worth repeating.
+/// Returns whether a request that failed with `status` is worth repeating. A 429 is not:
+/// the session has already waited as long as its policy allows.
 fn is_transient(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 408 | 409 | 425 | 429)
+    matches!(status.as_u16(), 408 | 409 | 425)
         || (status.is_server_error()
             && status != StatusCode::NOT_IMPLEMENTED
             && status != StatusCode::HTTP_VERSION_NOT_SUPPORTED)
-}
-
-/// Reads a `Retry-After` header given in seconds; an HTTP date is ignored.
-fn retry_after(value: Option<&HeaderValue>) -> Option<Duration> {
-    let seconds: u64 = value?.to_str().ok()?.trim().parse().ok()?;
-    Some(Duration::from_secs(seconds))
 }
 
 /// Outcome of a registration request.
@@ -205,6 +213,8 @@ struct Call<'a> {
     idempotency_key: Option<&'a str>,
     body: Option<Vec<u8>>,
     query: Option<(&'a str, &'a str)>,
+    /// Whether the request carries the session's access token.
+    authenticated: bool,
 }
 
 impl<'a> Call<'a> {
@@ -215,7 +225,13 @@ impl<'a> Call<'a> {
             idempotency_key: None,
             body: None,
             query: None,
+            authenticated: true,
         }
+    }
+
+    fn anonymous(mut self) -> Self {
+        self.authenticated = false;
+        self
     }
 
     fn idempotency_key(mut self, key: &'a str) -> Self {
@@ -240,6 +256,7 @@ impl<'a> Call<'a> {
 #[derive(Clone)]
 pub struct Meridian {
     http: reqwest::Client,
+    session: Arc<Session>,
     command_url: String,
     query_url: String,
     retry: RetryPolicy,
@@ -247,20 +264,31 @@ pub struct Meridian {
 }
 
 impl Meridian {
-    pub fn new(options: &ImportOptions, console: Console) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+    /// Builds the HTTP client that the session and every call share.
+    pub fn http_client(options: &ImportOptions) -> Result<reqwest::Client, reqwest::Error> {
+        reqwest::Client::builder()
             .user_agent(concat!("meridian-import/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(5))
             .timeout(options.request_timeout)
             .pool_max_idle_per_host(options.concurrency)
-            .build()?;
-        Ok(Self {
+            .build()
+    }
+
+    /// Returns a client that sends its calls to the services of `options` as `session`.
+    pub fn new(
+        http: reqwest::Client,
+        options: &ImportOptions,
+        session: Arc<Session>,
+        console: Console,
+    ) -> Self {
+        Self {
             http,
+            session,
             command_url: trim_base(&options.command_url).to_owned(),
             query_url: trim_base(&options.query_url).to_owned(),
             retry: options.retry.clone(),
             console,
-        })
+        }
     }
 
     pub fn command_url(&self) -> &str {
@@ -271,10 +299,18 @@ impl Meridian {
         &self.query_url
     }
 
-    /// Checks that `GET {base}/healthz` succeeds, retrying as for any request.
-    pub async fn check_health(&self, base: &str) -> Result<(), ApiError> {
-        let call = Call::new(Method::GET, format!("{base}/healthz"));
-        self.send(call, &self.retry, |_, _| false).await.map(drop)
+    /// Checks that `GET {base}/healthz` succeeds, retrying as for any request. It needs no
+    /// token, so it runs before the login.
+    pub async fn check_health(
+        http: &reqwest::Client,
+        base: &str,
+        retry: &RetryPolicy,
+        console: &Console,
+    ) -> Result<(), ApiError> {
+        let call = Call::new(Method::GET, format!("{}/healthz", trim_base(base))).anonymous();
+        send_with_retries(http, None, console, call, retry, |_, _| false)
+            .await
+            .map(drop)
     }
 
     /// Registers a user with `POST /v1/users`, sending `key` as the idempotency key.
@@ -381,71 +417,109 @@ impl Meridian {
         policy: &RetryPolicy,
         is_final: impl Fn(StatusCode, Option<&ErrorBody>) -> bool,
     ) -> Result<Reply, ApiError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let last_attempt = attempt >= policy.max_attempts;
-
-            let (error, server_delay) = match self.send_once(&call).await {
-                Ok((status, headers, bytes)) if status.is_success() => {
-                    let replayed = headers
-                        .get(IDEMPOTENT_REPLAYED)
-                        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"true"));
-                    return Ok(Reply {
-                        status,
-                        bytes,
-                        replayed,
-                    });
-                }
-                Ok((status, headers, bytes)) => {
-                    let body: Option<Box<ErrorBody>> = serde_json::from_slice(&bytes).ok();
-                    let retryable = is_transient(status) && !is_final(status, body.as_deref());
-                    let error = ApiError::Status {
-                        method: call.method.clone(),
-                        url: call.url.clone(),
-                        attempts: attempt,
-                        status,
-                        body,
-                        text: String::from_utf8_lossy(&bytes).into_owned(),
-                    };
-                    if !retryable || last_attempt {
-                        return Err(error);
-                    }
-                    (error, retry_after(headers.get(RETRY_AFTER)))
-                }
-                Err(source) => {
-                    let error = ApiError::Transport {
-                        method: call.method.clone(),
-                        url: call.url.clone(),
-                        attempts: attempt,
-                        source,
-                    };
-                    if last_attempt {
-                        return Err(error);
-                    }
-                    (error, None)
-                }
-            };
-
-            let delay = server_delay.map_or_else(
-                || policy.delay(attempt),
-                |delay| delay.min(policy.max_delay),
-            );
-            self.console.message(format_args!(
-                "retrying in {:.1} s (attempt {} of {}): {error}",
-                delay.as_secs_f64(),
-                attempt + 1,
-                policy.max_attempts
-            ));
-            tokio::time::sleep(delay).await;
-        }
+        send_with_retries(
+            &self.http,
+            Some(&self.session),
+            &self.console,
+            call,
+            policy,
+            is_final,
+        )
+        .await
     }
+}
 
-    async fn send_once(
-        &self,
-        call: &Call<'_>,
-    ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), reqwest::Error> {
-        let mut request = self.http.request(call.method.clone(), &call.url);
+/// Sends `call`, through `session` when it is authenticated, until it succeeds, fails for
+/// good, or `policy` runs out of attempts.
+async fn send_with_retries(
+    http: &reqwest::Client,
+    session: Option<&Session>,
+    console: &Console,
+    call: Call<'_>,
+    policy: &RetryPolicy,
+    is_final: impl Fn(StatusCode, Option<&ErrorBody>) -> bool,
+) -> Result<Reply, ApiError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let last_attempt = attempt >= policy.max_attempts;
+
+        let (error, server_delay) = match send_once(http, session, &call).await {
+            Ok((status, headers, bytes)) if status.is_success() => {
+                let replayed = headers
+                    .get(IDEMPOTENT_REPLAYED)
+                    .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"true"));
+                return Ok(Reply {
+                    status,
+                    bytes,
+                    replayed,
+                });
+            }
+            Ok((status, headers, bytes)) => {
+                let body: Option<Box<ErrorBody>> = serde_json::from_slice(&bytes).ok();
+                let retryable = is_transient(status) && !is_final(status, body.as_deref());
+                let error = ApiError::Status {
+                    method: call.method.clone(),
+                    url: call.url.clone(),
+                    attempts: attempt,
+                    status,
+                    body,
+                    text: String::from_utf8_lossy(&bytes).into_owned(),
+                };
+                if !retryable || last_attempt {
+                    return Err(error);
+                }
+                (error, retry_after(headers.get(RETRY_AFTER)))
+            }
+            Err(SessionError::Request(source)) => {
+                let error = ApiError::Transport {
+                    method: call.method.clone(),
+                    url: call.url.clone(),
+                    attempts: attempt,
+                    source,
+                };
+                if last_attempt {
+                    return Err(error);
+                }
+                (error, None)
+            }
+            Err(source) => {
+                let retryable = source.is_transient();
+                let error = ApiError::Session {
+                    method: call.method.clone(),
+                    url: call.url.clone(),
+                    attempts: attempt,
+                    source: Box::new(source),
+                };
+                if !retryable || last_attempt {
+                    return Err(error);
+                }
+                (error, None)
+            }
+        };
+
+        let delay = server_delay.map_or_else(
+            || policy.delay(attempt),
+            |delay| delay.min(policy.max_delay),
+        );
+        console.message(format_args!(
+            "retrying in {:.1} s (attempt {} of {}): {error}",
+            delay.as_secs_f64(),
+            attempt + 1,
+            policy.max_attempts
+        ));
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Sends `call` once, with the session's access token when it is authenticated.
+async fn send_once(
+    http: &reqwest::Client,
+    session: Option<&Session>,
+    call: &Call<'_>,
+) -> Result<(StatusCode, HeaderMap, Vec<u8>), SessionError> {
+    let build = || {
+        let mut request = http.request(call.method.clone(), &call.url);
         if let Some(key) = call.idempotency_key {
             request = request.header(IDEMPOTENCY_KEY, key);
         }
@@ -457,12 +531,19 @@ impl Meridian {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.clone());
         }
-        let response = request.send().await?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.bytes().await?;
-        Ok((status, headers, bytes.to_vec()))
-    }
+        request
+    };
+    let reply = match session {
+        Some(session) if call.authenticated => session.execute(build).await?,
+        _ => {
+            let response = build().send().await.map_err(SessionError::Request)?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let bytes = response.bytes().await.map_err(SessionError::Request)?;
+            return Ok((status, headers, bytes.to_vec()));
+        }
+    };
+    Ok((reply.status, reply.headers, reply.body))
 }
 
 fn field_is(body: Option<&ErrorBody>, name: &str) -> bool {
@@ -488,7 +569,7 @@ mod tests {
 
     #[test]
     fn conflict_and_server_errors_are_transient() {
-        for status in [408, 409, 425, 429, 500, 502, 503, 504] {
+        for status in [408, 409, 425, 500, 502, 503, 504] {
             let status = StatusCode::from_u16(status).unwrap();
             assert!(is_transient(status), "{status}");
         }
@@ -496,22 +577,10 @@ mod tests {
 
     #[test]
     fn client_errors_are_final() {
-        for status in [400, 401, 403, 404, 413, 422, 501, 505] {
+        for status in [400, 401, 403, 404, 413, 422, 429, 501, 505] {
             let status = StatusCode::from_u16(status).unwrap();
             assert!(!is_transient(status), "{status}");
         }
-    }
-
-    #[test]
-    fn retry_after_reads_seconds() {
-        let value = HeaderValue::from_static(" 3 ");
-        assert_eq!(retry_after(Some(&value)), Some(Duration::from_secs(3)));
-    }
-
-    #[test]
-    fn retry_after_ignores_dates() {
-        let value = HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT");
-        assert_eq!(retry_after(Some(&value)), None);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! the query service shows each vessel's last report and checks it.
 //!
 //! - [`ais`]: reading the CSV, header lookup and row validation.
+//! - [`session`]: logging in as the service account and keeping the access token fresh;
+//!   the image client and the live-update benchmark use it too.
 //! - [`client`]: the HTTP calls to the command and query services, with retries.
 //! - [`vessel`]: registering one vessel's user and sending its batches.
 //! - [`wait`]: waiting for the query service and checking the latest locations.
@@ -13,7 +15,8 @@
 //! - [`options`] and [`cli`]: the settings of an import and the command line that sets them.
 //!
 //! Every request that changes state carries an `Idempotency-Key`, so an interrupted import
-//! can simply be run again.
+//! can simply be run again. Every request to a `/v1` route carries the access token of the
+//! account in [`ImportOptions::credentials`], which must be an admin.
 
 pub mod ais;
 pub mod cli;
@@ -21,12 +24,14 @@ pub mod client;
 pub mod console;
 pub mod options;
 pub mod report;
+pub mod session;
 pub mod vessel;
 pub mod wait;
 
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
@@ -38,6 +43,7 @@ pub use report::ImportReport;
 use crate::ais::ParsedFile;
 use crate::client::{ApiError, Meridian};
 use crate::console::Console;
+use crate::session::{CredentialsError, Session, SessionError};
 use crate::vessel::{import_vessel, VesselContext};
 
 /// Exit status for a failed import: a vessel failed, lags or shows the wrong location, or a
@@ -64,11 +70,15 @@ pub enum ImportError {
         path: PathBuf,
         source: ais::ParseError,
     },
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
     #[error("the {service} is not reachable; start it or pass its URL: {source}")]
     Unreachable {
         service: &'static str,
         source: ApiError,
     },
+    #[error("logging in failed: {0}")]
+    Login(#[source] SessionError),
     #[error("failed to build the HTTP client: {0}")]
     Client(reqwest::Error),
     #[error("reading the file stopped unexpectedly: {0}")]
@@ -79,8 +89,14 @@ impl ImportError {
     /// Returns the process exit status for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::InvalidOption { .. } | Self::Open { .. } | Self::Parse { .. } => EXIT_USAGE,
-            Self::Unreachable { .. } | Self::Client(_) | Self::Reader(_) => EXIT_FAILURE,
+            Self::InvalidOption { .. }
+            | Self::Open { .. }
+            | Self::Parse { .. }
+            | Self::Credentials(_)
+            | Self::Login(SessionError::Rejected { .. }) => EXIT_USAGE,
+            Self::Unreachable { .. } | Self::Login(_) | Self::Client(_) | Self::Reader(_) => {
+                EXIT_FAILURE
+            }
         }
     }
 }
@@ -98,21 +114,21 @@ pub async fn import(options: ImportOptions) -> Result<ImportReport, ImportError>
     let parsed = read_file(&options.file, &console).await?;
     let read_time = started.elapsed();
 
-    let client = Meridian::new(&options, console.clone()).map_err(ImportError::Client)?;
-    client
-        .check_health(client.command_url())
+    let http = Meridian::http_client(&options).map_err(ImportError::Client)?;
+    Meridian::check_health(&http, &options.command_url, &options.retry, &console)
         .await
         .map_err(|source| ImportError::Unreachable {
             service: "command service",
             source,
         })?;
-    client
-        .check_health(client.query_url())
+    Meridian::check_health(&http, &options.query_url, &options.retry, &console)
         .await
         .map_err(|source| ImportError::Unreachable {
             service: "query service",
             source,
         })?;
+    let session = login(http.clone(), &options, &console).await?;
+    let client = Meridian::new(http, &options, session.clone(), console.clone());
 
     let sending = Instant::now();
     let mut vessels = send_all(&parsed, &options, &client, &console).await;
@@ -134,10 +150,50 @@ pub async fn import(options: ImportOptions) -> Result<ImportReport, ImportError>
         rows_read: parsed.rows_read,
         skipped_rows: parsed.skipped,
         vessels,
+        session: session.stats(),
         read_time,
         send_time,
         wait_time,
     })
+}
+
+/// Logs in as the account in `options`, retrying connection errors and 5xx responses as
+/// for any request. Waits after 429 responses are written to the console.
+async fn login(
+    http: reqwest::Client,
+    options: &ImportOptions,
+    console: &Console,
+) -> Result<Arc<Session>, ImportError> {
+    let notify = {
+        let console = console.clone();
+        Arc::new(move |line: &str| console.message(line)) as session::Notify
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = Session::login(
+            http.clone(),
+            &options.command_url,
+            options.credentials.clone(),
+            options.rate_limit.clone(),
+            Some(notify.clone()),
+        )
+        .await;
+        match result {
+            Ok(session) => return Ok(Arc::new(session)),
+            Err(error) if error.is_transient() && attempt < options.retry.max_attempts => {
+                let delay = options.retry.delay(attempt);
+                console.message(format_args!(
+                    "retrying the login in {:.1} s (attempt {} of {}): {error}",
+                    delay.as_secs_f64(),
+                    attempt + 1,
+                    options.retry.max_attempts
+                ));
+                tokio::time::sleep(delay).await;
+            }
+            Err(error) => return Err(ImportError::Login(error)),
+        }
+    }
 }
 
 /// Reads and validates the whole file on a blocking thread, reporting skipped rows.

@@ -8,7 +8,13 @@ use meridian_importer::{import, EXIT_FAILURE};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let options = Cli::parse().into_options();
+    let options = match Cli::parse().into_options() {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(error.exit_code());
+        }
+    };
     match import(options).await {
         Ok(report) => {
             println!("{}", report.summary());

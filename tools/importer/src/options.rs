@@ -7,6 +7,7 @@ use meridian_domain::location::MAX_BATCH;
 use rand::Rng;
 use reqwest::Url;
 
+use crate::session::{Credentials, RateLimitPolicy};
 use crate::ImportError;
 
 /// Default base URL of the command service.
@@ -63,6 +64,9 @@ impl RetryPolicy {
 pub struct ImportOptions {
     /// The AIS CSV file.
     pub file: PathBuf,
+    /// The account the importer logs in as: an admin, because it registers users and
+    /// records locations for each of them.
+    pub credentials: Credentials,
     /// Base URL of the command service, such as `http://127.0.0.1:8080`.
     pub command_url: String,
     /// Base URL of the query service, such as `http://127.0.0.1:8081`.
@@ -77,6 +81,8 @@ pub struct ImportOptions {
     pub show_progress: bool,
     /// Retries of requests that failed for a transient reason.
     pub retry: RetryPolicy,
+    /// Waits after 429 responses.
+    pub rate_limit: RateLimitPolicy,
     /// Time limit of one HTTP request.
     pub request_timeout: Duration,
     /// How long to look for a user in the query service after the command service reported
@@ -85,10 +91,12 @@ pub struct ImportOptions {
 }
 
 impl ImportOptions {
-    /// Returns options for importing `file` into a Meridian at the default addresses.
-    pub fn new(file: impl Into<PathBuf>) -> Self {
+    /// Returns options for importing `file` into a Meridian at the default addresses,
+    /// logging in with `credentials`.
+    pub fn new(file: impl Into<PathBuf>, credentials: Credentials) -> Self {
         Self {
             file: file.into(),
+            credentials,
             command_url: DEFAULT_COMMAND_URL.to_owned(),
             query_url: DEFAULT_QUERY_URL.to_owned(),
             batch_size: DEFAULT_BATCH_SIZE,
@@ -96,6 +104,7 @@ impl ImportOptions {
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
             show_progress: true,
             retry: RetryPolicy::default(),
+            rate_limit: RateLimitPolicy::default(),
             request_timeout: Duration::from_secs(60),
             lookup_timeout: Duration::from_secs(30),
         }
@@ -113,6 +122,12 @@ impl ImportOptions {
             return Err(invalid(
                 "concurrency",
                 format!("{} is outside 1 to {MAX_CONCURRENCY}", self.concurrency),
+            ));
+        }
+        if self.credentials.email.trim().is_empty() {
+            return Err(invalid(
+                "email",
+                "is empty; pass the service account's address with --email".to_owned(),
             ));
         }
         if self.retry.max_attempts == 0 {
@@ -153,9 +168,11 @@ pub(crate) fn trim_base(base: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::Secret;
 
     fn options() -> ImportOptions {
-        ImportOptions::new("file.csv")
+        let credentials = Credentials::new("admin@example.com", Secret::new("password"));
+        ImportOptions::new("file.csv", credentials)
     }
 
     #[test]
@@ -199,6 +216,14 @@ mod tests {
             ..options()
         };
         assert!(options.validate().is_err());
+    }
+
+    #[test]
+    fn empty_email_is_invalid() {
+        let mut options = options();
+        options.credentials.email = " ".to_owned();
+        let error = options.validate().unwrap_err();
+        assert!(error.to_string().contains("invalid email"), "{error}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::ais::SkippedRow;
+use crate::session::SessionStats;
 use crate::vessel::{RejectedBatch, Verification, VesselOutcome};
 
 /// Everything an import did, vessel by vessel.
@@ -16,6 +17,8 @@ pub struct ImportReport {
     pub skipped_rows: Vec<SkippedRow>,
     /// One outcome per vessel, in the order of the vessels' first rows in the file.
     pub vessels: Vec<VesselOutcome>,
+    /// Logins, token refreshes and 429 responses of the import's session.
+    pub session: SessionStats,
     /// Time spent reading the file.
     pub read_time: Duration,
     /// Time spent registering users and sending reports.
@@ -166,6 +169,17 @@ impl fmt::Display for Summary<'_> {
             report.vessels.len(),
             failed.len(),
             report.verified_vessels()
+        )?;
+        writeln!(
+            formatter,
+            "limited:    {} responses 429 Too Many Requests, {:.1} s spent waiting",
+            report.session.rate_limited,
+            report.session.rate_limited_wait.as_secs_f64()
+        )?;
+        writeln!(
+            formatter,
+            "session:    {} login(s), {} token refresh(es)",
+            report.session.logins, report.session.refreshes
         )?;
         writeln!(
             formatter,

@@ -19,7 +19,7 @@ const PASSWORD_CHARS: usize = 32;
 /// Pause between two lookups of a user in the query service.
 const LOOKUP_INTERVAL: Duration = Duration::from_millis(250);
 
-/// A batch the command service rejected (a 4xx other than 404, 409 and 429).
+/// A batch the command service rejected (a 4xx other than 401, 403, 404, 409 and 429).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RejectedBatch {
     pub mmsi: u64,
@@ -267,13 +267,18 @@ pub async fn import_vessel(vessel: &Vessel, context: &VesselContext<'_>) -> Vess
 }
 
 /// Returns whether the command service rejected the batch itself, in which case the
-/// vessel's next batch is still worth sending.
+/// vessel's next batch is still worth sending. A rejected token (401) or a missing
+/// permission (403) would reject every batch, so it stops the vessel instead.
 fn is_rejection(error: &ApiError) -> bool {
     error.status().is_some_and(|status| {
         status.is_client_error()
             && !matches!(
                 status,
-                StatusCode::NOT_FOUND | StatusCode::CONFLICT | StatusCode::TOO_MANY_REQUESTS
+                StatusCode::UNAUTHORIZED
+                    | StatusCode::FORBIDDEN
+                    | StatusCode::NOT_FOUND
+                    | StatusCode::CONFLICT
+                    | StatusCode::TOO_MANY_REQUESTS
             )
     })
 }

@@ -10,15 +10,37 @@ use tokio::process::Command;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_meridian-import");
 
+/// Runs the binary with `arguments` after the mock admin's login flags.
 async fn run(arguments: &[&str]) -> Output {
+    let password = password_file(mock::ADMIN_PASSWORD);
+    run_as(mock::ADMIN_EMAIL, &password, arguments).await
+}
+
+/// Runs the binary with `arguments`, logging in as `email` with the password in
+/// `password_file`.
+async fn run_as(
+    email: &str,
+    password_file: &tempfile::NamedTempFile,
+    arguments: &[&str],
+) -> Output {
     Command::new(BINARY)
+        .args(["--email", email, "--password-file"])
+        .arg(password_file.path())
         .args(arguments)
         .env_remove("MERIDIAN_COMMAND_URL")
         .env_remove("MERIDIAN_QUERY_URL")
         .env_remove("MERIDIAN_IMPORT_FILE")
+        .env_remove("MERIDIAN_IMPORTER_EMAIL")
+        .env_remove("MERIDIAN_IMPORTER_PASSWORD_FILE")
         .output()
         .await
         .unwrap()
+}
+
+fn password_file(password: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "{password}").unwrap();
+    file
 }
 
 fn temp_csv(text: &str) -> tempfile::NamedTempFile {
@@ -113,17 +135,21 @@ async fn import_prints_skips_and_summary() {
 async fn environment_sets_service_urls() {
     let mock = MockMeridian::start(Faults::default()).await;
     let file = temp_csv("MMSI,BaseDateTime,LAT,LON\n1,2020-06-30T00:00:00,40,-74\n");
+    let password = password_file(mock::ADMIN_PASSWORD);
     let output = Command::new(BINARY)
         .arg(file.path())
         .env("MERIDIAN_COMMAND_URL", &mock.command_url)
         .env("MERIDIAN_QUERY_URL", &mock.query_url)
         .env("MERIDIAN_IMPORT_QUIET", "true")
+        .env("MERIDIAN_IMPORTER_EMAIL", mock::ADMIN_EMAIL)
+        .env("MERIDIAN_IMPORTER_PASSWORD_FILE", password.path())
         .output()
         .await
         .unwrap();
 
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
-    assert_eq!(mock.state().users.len(), 1);
+    assert_eq!(mock.state().vessel_users(), 1);
+    assert_eq!(mock.state().auth.logins, 1);
 }
 
 #[tokio::test]
@@ -151,4 +177,105 @@ async fn lagging_query_service_exits_with_1() {
         stdout.contains("did not catch up with: 367000140"),
         "{stdout}"
     );
+}
+
+#[tokio::test]
+async fn wrong_password_exits_with_2() {
+    let mock = MockMeridian::start(Faults::default()).await;
+    let file = temp_csv("MMSI,BaseDateTime,LAT,LON\n1,2020-06-30T00:00:00,40,-74\n");
+    let wrong = password_file("not the admin password");
+    let output = run_as(
+        mock::ADMIN_EMAIL,
+        &wrong,
+        &[
+            file.path().to_str().unwrap(),
+            "--command-url",
+            &mock.command_url,
+            "--query-url",
+            &mock.query_url,
+        ],
+    )
+    .await;
+
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("rejected the login of admin@meridian.test"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("invalid_credentials"), "{stderr}");
+    assert!(!stderr.contains("not the admin password"), "{stderr}");
+    assert_eq!(mock.state().auth.failed_logins, 1);
+    assert!(mock.state().location_requests().is_empty());
+}
+
+#[tokio::test]
+async fn missing_password_file_exits_with_2() {
+    let file = temp_csv("MMSI,BaseDateTime,LAT,LON\n1,2020-06-30T00:00:00,40,-74\n");
+    let output = Command::new(BINARY)
+        .args([file.path().to_str().unwrap(), "--email", "a@example.com"])
+        .args(["--password-file", "/nonexistent/admin-password"])
+        .output()
+        .await
+        .unwrap();
+
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("cannot read the password file /nonexistent/admin-password"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn output_never_contains_password_or_tokens() {
+    let mock = MockMeridian::start(Faults {
+        access_ttl_secs: 1,
+        expired_tokens: 1,
+        rate_limited_locations: 1,
+        unavailable_locations: 1,
+        location_delay: std::time::Duration::from_millis(300),
+        ..Faults::default()
+    })
+    .await;
+    let file = temp_csv(
+        "MMSI,BaseDateTime,LAT,LON\n\
+         1,2020-06-30T00:00:00,40,-74\n\
+         1,2020-06-30T00:00:01,40.1,-74\n\
+         1,2020-06-30T00:00:02,40.2,-74\n\
+         2,2020-06-30T00:00:00,41,-73\n",
+    );
+    let output = run(&[
+        file.path().to_str().unwrap(),
+        "--command-url",
+        &mock.command_url,
+        "--query-url",
+        &mock.query_url,
+        "--batch-size",
+        "1",
+        "--concurrency",
+        "1",
+    ])
+    .await;
+
+    let stdout = text(&output.stdout);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    // The faults made the importer print retries and waits, and renew its token.
+    assert!(stderr.contains("rate limited (429)"), "{stderr}");
+    assert!(stderr.contains("retrying in"), "{stderr}");
+    let state = mock.state();
+    assert!(
+        state.auth.refreshes >= 2,
+        "{} refreshes",
+        state.auth.refreshes
+    );
+    let printed = format!("{stdout}\n{stderr}");
+    assert!(!printed.contains(mock::ADMIN_PASSWORD), "{printed}");
+    for token in &state.auth.issued {
+        assert!(
+            !printed.contains(token.as_str()),
+            "{token} printed:\n{printed}"
+        );
+    }
 }

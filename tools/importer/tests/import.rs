@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use meridian_importer::session::{Credentials, Secret, SessionError};
 use meridian_importer::vessel::Verification;
 use meridian_importer::{import, ImportError, ImportOptions, ImportReport, RetryPolicy};
 use mock::{Faults, MockMeridian};
@@ -55,7 +56,7 @@ fn options(path: &Path, mock: &MockMeridian) -> ImportOptions {
         retry: fast_retry(),
         request_timeout: Duration::from_secs(10),
         lookup_timeout: Duration::from_secs(5),
-        ..ImportOptions::new(path)
+        ..ImportOptions::new(path, mock.credentials())
     }
 }
 
@@ -181,7 +182,7 @@ async fn rerun_finds_same_users_and_stores_nothing() {
         "{summary}"
     );
     let state = mock.state();
-    assert_eq!(state.users.len(), 3);
+    assert_eq!(state.vessel_users(), 3);
     let stored: usize = state.tracks.values().map(Vec::len).sum();
     assert_eq!(stored, 8);
 }
@@ -515,7 +516,212 @@ async fn first_hour_file_is_imported() {
     assert_eq!(report.reports_imported(), 8_689);
     assert_eq!(report.verified_vessels(), 295);
     let state = mock.state();
-    assert_eq!(state.users.len(), 295);
+    assert_eq!(state.vessel_users(), 295);
     let stored: usize = state.tracks.values().map(Vec::len).sum();
     assert_eq!(stored as u64, report.events_stored());
+}
+
+#[tokio::test]
+async fn every_request_carries_an_issued_token() {
+    let (_directory, mock, report) = import_small_file(Faults::default()).await;
+
+    assert!(report.is_success(), "{}", report.summary());
+    assert_eq!(report.session.logins, 1);
+    let state = mock.state();
+    assert_eq!(state.auth.logins, 1);
+    assert_eq!(state.auth.rejected_tokens, 0);
+    let api_requests: Vec<_> = state
+        .requests
+        .iter()
+        .filter(|request| !request.path.starts_with("/v1/auth/"))
+        .collect();
+    assert!(api_requests.len() > 10, "{} requests", api_requests.len());
+    for request in api_requests {
+        let token = request.bearer.as_ref();
+        assert!(
+            token.is_some_and(|token| state.auth.issued.contains(token)),
+            "{} {} carried {token:?}",
+            request.method,
+            request.path
+        );
+    }
+}
+
+#[tokio::test]
+async fn token_is_refreshed_before_it_expires() {
+    let (_directory, mock, report) = import_small_file(Faults {
+        access_ttl_secs: 1,
+        location_delay: Duration::from_millis(400),
+        ..Faults::default()
+    })
+    .await;
+
+    assert!(report.is_success(), "{}", report.summary());
+    let state = mock.state();
+    // Five batches of 400 ms at concurrency 2 outlast a token renewed every 750 ms.
+    assert!(
+        state.auth.refreshes >= 1,
+        "{} refreshes",
+        state.auth.refreshes
+    );
+    assert_eq!(report.session.refreshes as usize, state.auth.refreshes);
+    assert_eq!(
+        state.auth.expired_responses, 0,
+        "no request used an expired token"
+    );
+    assert_eq!(state.auth.reused_refresh_tokens, 0);
+    assert_eq!(state.auth.logins, 1);
+}
+
+#[tokio::test]
+async fn expired_token_is_refreshed_and_request_repeated() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = write_file(&directory, "small.csv", SMALL_FILE);
+    let mock = MockMeridian::start(Faults {
+        expired_tokens: 1,
+        ..Faults::default()
+    })
+    .await;
+
+    let report = import(ImportOptions {
+        concurrency: 1,
+        ..options(&path, &mock)
+    })
+    .await
+    .unwrap();
+
+    assert!(report.is_success(), "{}", report.summary());
+    assert_eq!(report.events_stored(), 8);
+    let state = mock.state();
+    assert_eq!(state.auth.expired_responses, 1);
+    assert_eq!(state.auth.refreshes, 1);
+    assert_eq!(state.auth.reused_refresh_tokens, 0);
+    let rejected = state
+        .requests
+        .iter()
+        .position(|request| request.status == 401)
+        .unwrap();
+    let repeated = &state.requests[rejected + 2];
+    assert_eq!(state.requests[rejected + 1].path, "/v1/auth/refresh");
+    assert_eq!(repeated.path, state.requests[rejected].path);
+    assert_ne!(repeated.bearer, state.requests[rejected].bearer);
+    assert!(
+        repeated.status < 300,
+        "the repeat returned {}",
+        repeated.status
+    );
+}
+
+#[tokio::test]
+async fn token_expired_after_refresh_fails_vessel() {
+    let (_directory, mock, report) = import_small_file(Faults {
+        expired_tokens: usize::MAX,
+        ..Faults::default()
+    })
+    .await;
+
+    assert_eq!(report.failed_vessels(), vec![111, 222, 333]);
+    let failure = report.vessels[0].failure.as_deref().unwrap();
+    assert!(failure.contains("401"), "{failure}");
+    assert!(failure.contains("token_expired"), "{failure}");
+    let state = mock.state();
+    // Each of the three registrations renews the token at most once.
+    assert!(
+        state.auth.refreshes <= 3,
+        "{} refreshes",
+        state.auth.refreshes
+    );
+    assert!(state.location_requests().is_empty());
+}
+
+#[tokio::test]
+async fn rate_limited_request_waits_for_retry_after() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = write_file(&directory, "small.csv", SMALL_FILE);
+    let mock = MockMeridian::start(Faults {
+        rate_limited_locations: 2,
+        ..Faults::default()
+    })
+    .await;
+
+    let report = import(ImportOptions {
+        concurrency: 1,
+        ..options(&path, &mock)
+    })
+    .await
+    .unwrap();
+
+    assert!(report.is_success(), "{}", report.summary());
+    assert_eq!(report.events_stored(), 8);
+    assert_eq!(report.session.rate_limited, 2);
+    assert!(report.session.rate_limited_wait >= Duration::from_secs(2));
+    let summary = report.summary().to_string();
+    assert!(summary.contains("limited:    2 responses 429"), "{summary}");
+    let state = mock.state();
+    let locations = state.location_requests();
+    for (index, request) in locations.iter().enumerate() {
+        if request.status != 429 {
+            continue;
+        }
+        let next = locations[index + 1];
+        assert_eq!(next.idempotency_key, request.idempotency_key);
+        let waited = next.at - request.at;
+        assert!(
+            waited >= Duration::from_secs(1),
+            "repeated after {waited:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rate_limit_waits_are_bounded() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = write_file(&directory, "small.csv", SMALL_FILE);
+    let mock = MockMeridian::start(Faults {
+        rate_limited_locations: usize::MAX,
+        ..Faults::default()
+    })
+    .await;
+
+    let mut options = ImportOptions {
+        concurrency: 1,
+        ..options(&path, &mock)
+    };
+    options.rate_limit.max_waits = 2;
+    options.rate_limit.max_wait = Duration::from_millis(10);
+    let report = import(options).await.unwrap();
+
+    assert_eq!(report.failed_vessels(), vec![111, 222, 333]);
+    let failure = report.vessels[0].failure.as_deref().unwrap();
+    assert!(failure.contains("429"), "{failure}");
+    // One request and two repeats per vessel, each stopping after its first batch.
+    assert_eq!(mock.state().location_requests().len(), 9);
+    assert_eq!(report.session.rate_limited, 9);
+}
+
+#[tokio::test]
+async fn wrong_password_is_a_login_error() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = write_file(&directory, "small.csv", SMALL_FILE);
+    let mock = MockMeridian::start(Faults::default()).await;
+
+    let error = import(ImportOptions {
+        credentials: Credentials::new(mock::ADMIN_EMAIL, Secret::new("wrong password")),
+        ..options(&path, &mock)
+    })
+    .await
+    .unwrap_err();
+
+    assert!(
+        matches!(error, ImportError::Login(SessionError::Rejected { .. })),
+        "{error}"
+    );
+    assert_eq!(error.exit_code(), 2);
+    let message = error.to_string();
+    assert!(message.contains(mock::ADMIN_EMAIL), "{message}");
+    assert!(message.contains("password file"), "{message}");
+    assert!(!message.contains("wrong password"), "{message}");
+    let state = mock.state();
+    assert_eq!(state.auth.failed_logins, 1);
+    assert_eq!(state.vessel_users(), 0);
 }

@@ -30,11 +30,27 @@ pub enum Command {
     Fanout(FanoutOptions),
 }
 
+/// The account a benchmark logs in as, at the command service.
+#[derive(Debug, Clone, Args)]
+pub struct LoginOptions {
+    /// Email address of the account: an admin for `latency`, which records locations for
+    /// the users it registers; an admin or analyst for `sockets` and `fanout`.
+    #[arg(long, env = "MERIDIAN_BENCH_EMAIL", value_name = "EMAIL")]
+    pub email: String,
+
+    /// File that contains the account's password (line breaks at its end are ignored).
+    #[arg(long, env = "MERIDIAN_BENCH_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: PathBuf,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct LatencyOptions {
     /// Base URL of the command service.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub command_url: String,
+
+    #[command(flatten)]
+    pub login: LoginOptions,
 
     /// Base URL of the query service's HTTP API, sampled for projection lag (GET /v1/stats).
     #[arg(long, default_value = "http://127.0.0.1:8081")]
@@ -89,6 +105,13 @@ pub struct LatencyOptions {
 
 #[derive(Debug, Clone, Args)]
 pub struct FanoutOptions {
+    /// Base URL of the command service, where the login goes.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub command_url: String,
+
+    #[command(flatten)]
+    pub login: LoginOptions,
+
     /// PostgreSQL URL of the database that the query services read. The database is created
     /// and migrated if it is missing; use one of its own, because the tool appends rows.
     #[arg(long, env = "MERIDIAN_DATABASE_URL")]
@@ -193,6 +216,13 @@ impl FanoutOptions {
 
 #[derive(Debug, Clone, Args)]
 pub struct SocketOptions {
+    /// Base URL of the command service, where the login goes.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub command_url: String,
+
+    #[command(flatten)]
+    pub login: LoginOptions,
+
     /// URL of the query service's Socket.IO endpoint.
     #[arg(long, default_value = "http://127.0.0.1:8091")]
     pub socket_url: String,
@@ -258,8 +288,21 @@ impl SocketOptions {
 mod tests {
     use super::*;
 
+    /// Parses `arguments`, adding login flags after the subcommand.
     fn parse(arguments: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("meridian-live-bench").chain(arguments.iter().copied()))
+        let login = [
+            "--email",
+            "admin@example.com",
+            "--password-file",
+            "password",
+        ];
+        let mut all = vec!["meridian-live-bench"];
+        if let Some((subcommand, rest)) = arguments.split_first() {
+            all.push(subcommand);
+            all.extend(login);
+            all.extend(rest);
+        }
+        Cli::try_parse_from(all)
     }
 
     fn rejection(arguments: &[&str]) -> String {
@@ -279,6 +322,24 @@ mod tests {
         assert_eq!(options.batch, 10);
         assert_eq!(options.warmup_secs, 5);
         assert_eq!(options.duration_secs, 30);
+    }
+
+    #[test]
+    fn login_flags_set_login() {
+        let Command::Latency(options) = parse(&["latency"]).expect("defaults parse").command else {
+            panic!("latency parsed as another subcommand");
+        };
+        assert_eq!(options.login.email, "admin@example.com");
+        assert_eq!(options.login.password_file, PathBuf::from("password"));
+    }
+
+    #[test]
+    fn login_required() {
+        let error = Cli::try_parse_from(["meridian-live-bench", "sockets"]).unwrap_err();
+        assert_eq!(
+            error.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Benchmarks of the live updates that the query service pushes over Socket.IO, run against
 //! services that are already running (`make up`, or `infra/services.sh start`; `fanout`
-//! needs only the query services).
+//! needs only the query services, and the command service for its login). Each benchmark
+//! logs in first and connects its Socket.IO clients with the access token.
 //!
 //! - [`latency`]: sends location commands at a paced rate and measures the time from each
 //!   accepted command to the matching update on a Socket.IO subscriber.
@@ -9,6 +10,8 @@
 //!   without Kafka.
 //! - [`sockets`]: opens idle Socket.IO connections in steps and reads the query service's
 //!   resident memory after each step.
+//! - [`login`]: logs in at the command service and passes the access token to the Node.js
+//!   scripts.
 //! - [`node`]: runs the Node.js scripts in `e2e/js` (the npm socket.io-client) that hold the
 //!   sockets.
 //! - [`summary`]: percentiles and the printed tables.
@@ -17,6 +20,7 @@
 pub mod cli;
 pub mod fanout;
 pub mod latency;
+pub mod login;
 pub mod node;
 pub mod sockets;
 pub mod summary;

@@ -6,11 +6,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use meridian_importer::session::Secret;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+
+use crate::login::TOKEN_VARIABLE;
 
 /// A running Node.js script: its standard input and its output lines.
 pub struct NodeScript {
@@ -21,8 +24,14 @@ pub struct NodeScript {
 }
 
 impl NodeScript {
-    /// Starts `node <js_dir>/<script> <config>` with `js_dir` as its working directory.
-    pub fn start(js_dir: &Path, script: &str, config: &Value) -> anyhow::Result<Self> {
+    /// Starts `node <js_dir>/<script> <config>` with `js_dir` as its working directory and
+    /// `token` in the environment variable [`TOKEN_VARIABLE`].
+    pub fn start(
+        js_dir: &Path,
+        script: &str,
+        config: &Value,
+        token: &Secret,
+    ) -> anyhow::Result<Self> {
         // Absolute, because node resolves the script path from its working directory.
         let js_dir = js_dir
             .canonicalize()
@@ -37,6 +46,7 @@ impl NodeScript {
         let mut child = Command::new("node")
             .arg(js_dir.join(script))
             .arg(config.to_string())
+            .env(TOKEN_VARIABLE, token.expose())
             .current_dir(&js_dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

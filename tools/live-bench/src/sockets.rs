@@ -7,9 +7,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use meridian_importer::session::Secret;
 use serde_json::{json, Value};
 
 use crate::cli::SocketOptions;
+use crate::login::{login, LOGIN_TIMEOUT};
 use crate::node::NodeScript;
 use crate::summary::table;
 
@@ -116,6 +118,8 @@ pub async fn run(options: SocketOptions) -> anyhow::Result<()> {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))
         .with_context(|| format!("failed to read /proc/{pid}/limits"))?;
     let server_limit = open_file_limit(&limits)?;
+    let session = login(&options.command_url, &options.login, LOGIN_TIMEOUT).await?;
+    let token = session.access_token().await?;
     let baseline = ProcessSample::read(pid)?;
     eprintln!(
         "query service pid {pid}: {} KiB resident, {} open files (limit {server_limit})",
@@ -126,7 +130,7 @@ pub async fn run(options: SocketOptions) -> anyhow::Result<()> {
     let mut steps = Vec::new();
     let mut dropped = 0_u64;
     for &requested in &options.steps {
-        let step = open_step(&options, pid, requested, &mut clients, &mut dropped).await?;
+        let step = open_step(&options, &token, pid, requested, &mut clients, &mut dropped).await?;
         let complete = step.open == requested;
         eprintln!(
             "{} of {requested} sockets open after {:.1} s",
@@ -160,6 +164,7 @@ pub async fn run(options: SocketOptions) -> anyhow::Result<()> {
 /// Opens sockets until `requested` are open in all, then waits `settle_secs` and samples.
 async fn open_step(
     options: &SocketOptions,
+    token: &Secret,
     pid: u32,
     requested: u32,
     clients: &mut Vec<Client>,
@@ -173,7 +178,7 @@ async fn open_step(
             .last()
             .is_none_or(|c| c.open >= options.sockets_per_process)
         {
-            clients.push(start_client(options)?);
+            clients.push(start_client(options, token)?);
         }
         let index = clients.len() - 1;
         let client = &mut clients[index];
@@ -228,14 +233,14 @@ async fn open_step(
     })
 }
 
-fn start_client(options: &SocketOptions) -> anyhow::Result<Client> {
+fn start_client(options: &SocketOptions, token: &Secret) -> anyhow::Result<Client> {
     let config = json!({
         "url": options.socket_url,
         "parallel": options.parallel,
         "timeout_ms": 20_000,
     });
     Ok(Client {
-        script: NodeScript::start(&options.js_dir, "idle-sockets.mjs", &config)?,
+        script: NodeScript::start(&options.js_dir, "idle-sockets.mjs", &config, token)?,
         open: 0,
     })
 }

@@ -1,11 +1,13 @@
 //! An in-process stand-in for Meridian's command and query services, following their HTTP
-//! contract closely enough to exercise the importer: idempotency keys, email uniqueness,
-//! duplicate reports as no-ops, the latest-location rule, and faults a test switches on.
+//! contract closely enough to exercise the importer: login and token refresh, bearer tokens
+//! on every `/v1` route, idempotency keys, email uniqueness, duplicate reports as no-ops, the
+//! latest-location rule, and faults a test switches on.
 
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -15,9 +17,18 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Datelike;
 use meridian_domain::location::LocationReport;
+use meridian_importer::session::{Credentials, Secret};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
+
+/// Email address of the admin account the mock accepts.
+pub const ADMIN_EMAIL: &str = "admin@meridian.test";
+/// Password of the admin account.
+pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
+/// Access token lifetime when [`Faults::access_ttl_secs`] is zero, as the command service's
+/// default.
+const DEFAULT_ACCESS_TTL_SECS: u64 = 900;
 
 /// Faults a test can switch on.
 #[derive(Debug, Default, Clone)]
@@ -34,6 +45,44 @@ pub struct Faults {
     pub sequence_lag: i64,
     /// Shows every latest location with the latitude shifted.
     pub wrong_latitude: bool,
+    /// Lifetime of access tokens in seconds, sent as `expires_in`; zero means 900.
+    pub access_ttl_secs: u64,
+    /// Number of authenticated requests to reject with 401 `token_expired` although their
+    /// token is still valid, as after a clock difference between client and server.
+    pub expired_tokens: usize,
+    /// Number of location requests to reject with 429 and `Retry-After: 1`.
+    pub rate_limited_locations: usize,
+    /// Time each location request takes, after its token is checked.
+    pub location_delay: Duration,
+}
+
+/// State of one refresh token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshState {
+    Active,
+    /// Exchanged once already; presenting it again revokes every token.
+    Spent,
+    Revoked,
+}
+
+/// Tokens the mock issued and what the clients did with them.
+#[derive(Debug, Default)]
+pub struct AuthState {
+    pub admin_id: Uuid,
+    /// Access tokens and when each expires.
+    pub access: HashMap<String, Instant>,
+    pub refresh: HashMap<String, RefreshState>,
+    /// Every token issued, access and refresh, in order.
+    pub issued: Vec<String>,
+    pub logins: usize,
+    pub failed_logins: usize,
+    pub refreshes: usize,
+    /// Refresh tokens presented a second time.
+    pub reused_refresh_tokens: usize,
+    /// 401 responses with the error `token_expired`, injected ones included.
+    pub expired_responses: usize,
+    /// 401 responses for a missing or unknown token.
+    pub rejected_tokens: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -54,12 +103,16 @@ pub struct ReceivedRequest {
     pub method: &'static str,
     pub path: String,
     pub idempotency_key: Option<String>,
+    /// The token of the `Authorization: Bearer` header, if any.
+    pub bearer: Option<String>,
     pub status: u16,
+    pub at: Instant,
 }
 
 #[derive(Debug, Default)]
 pub struct MockState {
     pub faults: Faults,
+    pub auth: AuthState,
     pub users: HashMap<Uuid, User>,
     pub emails: HashMap<String, Uuid>,
     /// Completed idempotent requests by (path, key): body, status and response.
@@ -90,11 +143,77 @@ impl MockState {
         Some((user_id, &self.users[&user_id]))
     }
 
+    /// Users with a vessel's email address, so everyone but the admin.
+    pub fn vessel_users(&self) -> usize {
+        self.users
+            .values()
+            .filter(|user| user.email.ends_with("@ais.example"))
+            .count()
+    }
+
     pub fn location_requests(&self) -> Vec<&ReceivedRequest> {
         self.requests
             .iter()
             .filter(|request| request.path.ends_with("/locations"))
             .collect()
+    }
+
+    fn access_ttl(&self) -> Duration {
+        match self.faults.access_ttl_secs {
+            0 => Duration::from_secs(DEFAULT_ACCESS_TTL_SECS),
+            seconds => Duration::from_secs(seconds),
+        }
+    }
+
+    /// Issues a new access and refresh token to the admin and returns the token response.
+    fn issue_tokens(&mut self) -> Value {
+        let ttl = self.access_ttl();
+        let access = format!("access-{}", Uuid::new_v4());
+        let refresh = format!("refresh-{}", Uuid::new_v4());
+        self.auth
+            .access
+            .insert(access.clone(), Instant::now() + ttl);
+        self.auth
+            .refresh
+            .insert(refresh.clone(), RefreshState::Active);
+        self.auth.issued.push(access.clone());
+        self.auth.issued.push(refresh.clone());
+        json!({
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": ttl.as_secs(),
+            "refresh_token": refresh,
+            "refresh_expires_at": chrono::Utc::now() + chrono::TimeDelta::days(30),
+            "user_id": self.auth.admin_id,
+            "role": "admin",
+        })
+    }
+
+    /// Checks the bearer token of a request to a protected route.
+    fn authorize(&mut self, headers: &HeaderMap) -> Result<(), Unauthorized> {
+        let Some(token) = bearer(headers) else {
+            self.auth.rejected_tokens += 1;
+            return Err(Unauthorized(
+                "unauthorized",
+                "the request has no bearer token",
+            ));
+        };
+        let expiry = self.auth.access.get(&token).copied();
+        let expired = self.faults.expired_tokens > 0
+            || expiry.is_some_and(|expires_at| Instant::now() >= expires_at);
+        if expiry.is_none() {
+            self.auth.rejected_tokens += 1;
+            return Err(Unauthorized("invalid_token", "the token is not valid"));
+        }
+        if expired {
+            self.faults.expired_tokens = self.faults.expired_tokens.saturating_sub(1);
+            self.auth.expired_responses += 1;
+            return Err(Unauthorized(
+                "token_expired",
+                "the access token has expired",
+            ));
+        }
+        Ok(())
     }
 
     fn position(&mut self) -> i64 {
@@ -115,12 +234,16 @@ pub struct MockMeridian {
 
 impl MockMeridian {
     pub async fn start(faults: Faults) -> Self {
-        let state: Shared = Arc::new(Mutex::new(MockState {
+        let mut state = MockState {
             faults,
             ..MockState::default()
-        }));
+        };
+        state.auth.admin_id = state.register_elsewhere(ADMIN_EMAIL, "Service account");
+        let state: Shared = Arc::new(Mutex::new(state));
         let router = Router::new()
             .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+            .route("/v1/auth/login", post(login))
+            .route("/v1/auth/refresh", post(refresh))
             .route("/v1/users", post(register).get(find_by_email))
             .route("/v1/users/{id}/locations", post(record_locations))
             .route("/v1/users/{id}/location", get(latest_location))
@@ -147,6 +270,11 @@ impl MockMeridian {
     pub fn state(&self) -> MutexGuard<'_, MockState> {
         self.state.lock().unwrap()
     }
+
+    /// Returns the admin account's email address and password.
+    pub fn credentials(&self) -> Credentials {
+        Credentials::new(ADMIN_EMAIL, Secret::new(ADMIN_PASSWORD))
+    }
 }
 
 impl Drop for MockMeridian {
@@ -170,6 +298,35 @@ fn error(status: StatusCode, code: &str, field: Option<&str>, reason: &str) -> (
 
 fn respond((status, body): (StatusCode, Value)) -> Response {
     (status, Json(body)).into_response()
+}
+
+/// A 401 response: the error code and the message.
+struct Unauthorized(&'static str, &'static str);
+
+impl IntoResponse for Unauthorized {
+    fn into_response(self) -> Response {
+        unauthorized(self.0, self.1)
+    }
+}
+
+/// Builds a 401 with the error body and `WWW-Authenticate` header of the real services.
+fn unauthorized(code: &str, message: &str) -> Response {
+    let body = json!({"error": code, "message": message, "request_id": Uuid::new_v4().to_string()});
+    let challenge = format!("Bearer error=\"invalid_token\", error_description=\"{message}\"");
+    (
+        StatusCode::UNAUTHORIZED,
+        [("www-authenticate", challenge)],
+        Json(body),
+    )
+        .into_response()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("authorization")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::to_owned)
 }
 
 fn respond_replayed(((status, body), replayed): Outcome) -> Response {
@@ -224,15 +381,104 @@ fn log(
     state: &mut MockState,
     method: &'static str,
     path: &str,
-    key: Option<String>,
+    headers: &HeaderMap,
     status: StatusCode,
 ) {
     state.requests.push(ReceivedRequest {
         method,
         path: path.to_owned(),
-        idempotency_key: key,
+        idempotency_key: idempotency_key(headers),
+        bearer: bearer(headers),
         status: status.as_u16(),
+        at: Instant::now(),
     });
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    email: String,
+    password: String,
+}
+
+async fn login(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let mut state = state.lock().unwrap();
+    let response = match serde_json::from_slice::<LoginBody>(&body) {
+        Ok(request) if request.email == ADMIN_EMAIL && request.password == ADMIN_PASSWORD => {
+            state.auth.logins += 1;
+            Json(state.issue_tokens()).into_response()
+        }
+        Ok(_) => {
+            state.auth.failed_logins += 1;
+            respond(error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                None,
+                "the email or password is wrong",
+            ))
+        }
+        Err(_) => respond(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            None,
+            "malformed JSON",
+        )),
+    };
+    log(
+        &mut state,
+        "POST",
+        "/v1/auth/login",
+        &headers,
+        response.status(),
+    );
+    response
+}
+
+#[derive(Deserialize)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+async fn refresh(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let mut state = state.lock().unwrap();
+    let Ok(request) = serde_json::from_slice::<RefreshBody>(&body) else {
+        return respond(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            None,
+            "malformed JSON",
+        ));
+    };
+    let current = state.auth.refresh.get(&request.refresh_token).copied();
+    let response = match current {
+        Some(RefreshState::Active) => {
+            state
+                .auth
+                .refresh
+                .insert(request.refresh_token, RefreshState::Spent);
+            state.auth.refreshes += 1;
+            Json(state.issue_tokens()).into_response()
+        }
+        Some(RefreshState::Spent) => {
+            // Reuse means the token was stolen: revoke the whole session.
+            state.auth.reused_refresh_tokens += 1;
+            for value in state.auth.refresh.values_mut() {
+                *value = RefreshState::Revoked;
+            }
+            state.auth.access.clear();
+            unauthorized("invalid_refresh_token", "the refresh token was used before")
+        }
+        Some(RefreshState::Revoked) | None => {
+            unauthorized("invalid_refresh_token", "the refresh token is not valid")
+        }
+    };
+    log(
+        &mut state,
+        "POST",
+        "/v1/auth/refresh",
+        &headers,
+        response.status(),
+    );
+    response
 }
 
 #[derive(Deserialize)]
@@ -245,6 +491,16 @@ struct RegisterBody {
 async fn register(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let mut state = state.lock().unwrap();
     let path = "/v1/users";
+    // Registration is open, but a token that is sent must be valid.
+    if bearer(&headers).is_some() {
+        if let Err(response) = state
+            .authorize(&headers)
+            .map_err(IntoResponse::into_response)
+        {
+            log(&mut state, "POST", path, &headers, response.status());
+            return response;
+        }
+    }
     let key = idempotency_key(&headers);
     let outcome = match replay(&state, path, key.as_ref(), &body) {
         Some(outcome) => outcome,
@@ -254,7 +510,7 @@ async fn register(State(state): State<Shared>, headers: HeaderMap, body: Bytes) 
             (result, false)
         }
     };
-    log(&mut state, "POST", path, key, outcome.0 .0);
+    log(&mut state, "POST", path, &headers, outcome.0 .0);
     respond_replayed(outcome)
 }
 
@@ -293,9 +549,22 @@ fn register_new(state: &mut MockState, body: &Bytes) -> (StatusCode, Value) {
 
 async fn find_by_email(
     State(state): State<Shared>,
+    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let mut state = state.lock().unwrap();
+    let response = match state
+        .authorize(&headers)
+        .map_err(IntoResponse::into_response)
+    {
+        Ok(()) => users_with_email(&mut state, &query),
+        Err(response) => response,
+    };
+    log(&mut state, "GET", "/v1/users", &headers, response.status());
+    response
+}
+
+fn users_with_email(state: &mut MockState, query: &HashMap<String, String>) -> Response {
     let Some(email) = query.get("email") else {
         return respond(error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -327,10 +596,33 @@ async fn record_locations(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut state = state.lock().unwrap();
     let path = format!("/v1/users/{user_id}/locations");
-    let key = idempotency_key(&headers);
+    let delay = {
+        let mut state = state.lock().unwrap();
+        if let Err(response) = state
+            .authorize(&headers)
+            .map_err(IntoResponse::into_response)
+        {
+            log(&mut state, "POST", &path, &headers, response.status());
+            return response;
+        }
+        if state.faults.rate_limited_locations > 0 {
+            state.faults.rate_limited_locations -= 1;
+            let (status, body) = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                None,
+                "too many requests",
+            );
+            log(&mut state, "POST", &path, &headers, status);
+            return (status, [("retry-after", "1")], Json(body)).into_response();
+        }
+        state.faults.location_delay
+    };
+    tokio::time::sleep(delay).await;
 
+    let mut state = state.lock().unwrap();
+    let key = idempotency_key(&headers);
     if state.faults.unavailable_locations > 0 {
         state.faults.unavailable_locations -= 1;
         let result = error(
@@ -339,7 +631,7 @@ async fn record_locations(
             None,
             "try again",
         );
-        log(&mut state, "POST", &path, key, result.0);
+        log(&mut state, "POST", &path, &headers, result.0);
         return respond(result);
     }
 
@@ -353,7 +645,7 @@ async fn record_locations(
             (result, false)
         }
     };
-    log(&mut state, "POST", &path, key, outcome.0 .0);
+    log(&mut state, "POST", &path, &headers, outcome.0 .0);
     respond_replayed(outcome)
 }
 
@@ -437,8 +729,25 @@ fn record_new(state: &mut MockState, user_id: Uuid, body: &Bytes) -> (StatusCode
     )
 }
 
-async fn latest_location(State(state): State<Shared>, Path(user_id): Path<Uuid>) -> Response {
-    let state = state.lock().unwrap();
+async fn latest_location(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(user_id): Path<Uuid>,
+) -> Response {
+    let mut state = state.lock().unwrap();
+    let response = match state
+        .authorize(&headers)
+        .map_err(IntoResponse::into_response)
+    {
+        Ok(()) => latest_location_of(&state, user_id),
+        Err(response) => response,
+    };
+    let path = format!("/v1/users/{user_id}/location");
+    log(&mut state, "GET", &path, &headers, response.status());
+    response
+}
+
+fn latest_location_of(state: &MockState, user_id: Uuid) -> Response {
     let latest = state
         .latest
         .get(&user_id)

@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use crate::cli::FanoutOptions;
 use crate::latency::receiver::{Received, Receiver};
+use crate::login::{login, LOGIN_TIMEOUT};
 use crate::summary::{milliseconds, table, Distribution};
 use join::Matched;
 use writer::{Committed, Plan, WriteOutcome, Writer};
@@ -38,9 +39,11 @@ pub async fn run(options: FanoutOptions) -> anyhow::Result<()> {
     options.validate()?;
     let pool =
         meridian_event_log::database::connect(&options.database_url, DATABASE_CONNECTIONS).await?;
+    let session = login(&options.command_url, &options.login, LOGIN_TIMEOUT).await?;
+    let token = session.access_token().await?;
     let mut receivers = Vec::with_capacity(options.socket_url.len());
     for url in &options.socket_url {
-        receivers.push(Receiver::start(&options.js_dir, url).await?);
+        receivers.push(Receiver::start(&options.js_dir, url, &token).await?);
         eprintln!("subscribed to the whole-world area at {url}");
     }
 

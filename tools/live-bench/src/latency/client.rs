@@ -1,10 +1,15 @@
 //! HTTP calls of the latency benchmark: registering users and recording locations on the
 //! command service, and reading projection lag from the query service.
+//!
+//! Registration is open and sends no token, so the users get the role `user`. Recording
+//! and reading the stats send the access token of the benchmark's admin session.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use chrono::{SecondsFormat, Utc};
+use meridian_importer::session::{Reply, Session};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -43,22 +48,19 @@ pub struct Lag {
 /// Client of the command and query services.
 #[derive(Debug, Clone)]
 pub struct Client {
-    http: reqwest::Client,
+    session: Arc<Session>,
     command_url: String,
     query_url: String,
 }
 
 impl Client {
-    pub fn new(command_url: &str, query_url: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .context("failed to build the HTTP client")?;
-        Ok(Self {
-            http,
+    /// Returns a client that sends its requests as `session`.
+    pub fn new(session: Arc<Session>, command_url: &str, query_url: &str) -> Self {
+        Self {
+            session,
             command_url: command_url.trim_end_matches('/').to_owned(),
             query_url: query_url.trim_end_matches('/').to_owned(),
-        })
+        }
     }
 
     /// Registers user number `index` of benchmark run `run_id` and returns its id.
@@ -70,13 +72,19 @@ impl Client {
         });
         let url = format!("{}/v1/users", self.command_url);
         let response = self
-            .http
+            .session
+            .http()
             .post(&url)
             .json(&body)
             .send()
             .await
             .with_context(|| format!("POST {url} failed"))?;
-        let registered: Registered = parse_response(response, &url).await?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .with_context(|| format!("failed to read the response of {url}"))?;
+        let registered: Registered = parse_reply(status, &body, &url)?;
         Ok(registered.user_id)
     }
 
@@ -87,26 +95,23 @@ impl Client {
             _ => json!({ "reports": reports }),
         };
         let url = format!("{}/v1/users/{user_id}/locations", self.command_url);
-        let response = self
-            .http
-            .post(&url)
-            .json(&body)
-            .send()
+        let reply = self
+            .session
+            .execute(|| self.session.http().post(&url).json(&body))
             .await
             .with_context(|| format!("POST {url} failed"))?;
-        parse_response(response, &url).await
+        parse_session_reply(&reply, &url)
     }
 
     /// Reads the read-models projection lag and the outbox backlog from `GET /v1/stats`.
     pub async fn lag(&self) -> anyhow::Result<Lag> {
         let url = format!("{}/v1/stats", self.query_url);
-        let response = self
-            .http
-            .get(&url)
-            .send()
+        let reply = self
+            .session
+            .execute(|| self.session.http().get(&url))
             .await
             .with_context(|| format!("GET {url} failed"))?;
-        let stats: Value = parse_response(response, &url).await?;
+        let stats: Value = parse_session_reply(&reply, &url)?;
         let read_models = stats["projections"]["read-models"]["lag"]
             .as_i64()
             .with_context(|| format!("GET {url} returned no projections.read-models.lag"))?;
@@ -120,16 +125,20 @@ impl Client {
     }
 }
 
-/// Decodes a 2xx response as `T`, or fails with the status and the start of the body.
-async fn parse_response<T: serde::de::DeserializeOwned>(
-    response: reqwest::Response,
+fn parse_session_reply<T: serde::de::DeserializeOwned>(
+    reply: &Reply,
     url: &str,
 ) -> anyhow::Result<T> {
-    let status = response.status();
-    let body = response
-        .text()
-        .await
-        .with_context(|| format!("failed to read the response of {url}"))?;
+    parse_reply(reply.status, &reply.body, url)
+}
+
+/// Decodes a 2xx response as `T`, or fails with the status and the start of the body.
+fn parse_reply<T: serde::de::DeserializeOwned>(
+    status: reqwest::StatusCode,
+    body: &[u8],
+    url: &str,
+) -> anyhow::Result<T> {
+    let body = String::from_utf8_lossy(body);
     if !status.is_success() {
         let start: String = body.chars().take(300).collect();
         bail!("{url} returned {status}: {start}");

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::cli::LatencyOptions;
+use crate::login::login;
 use crate::summary::{milliseconds, table, Distribution};
 use client::{Client, Lag};
 use join::{expected_events, Joined};
@@ -38,12 +39,15 @@ const LAG_SAMPLE_PERIOD: Duration = Duration::from_secs(1);
 
 /// Runs the benchmark that `options` describe and prints its results.
 pub async fn run(options: LatencyOptions) -> anyhow::Result<()> {
-    let client = Client::new(
+    let session = login(
         &options.command_url,
-        &options.query_url,
+        &options.login,
         Duration::from_secs(options.request_timeout_secs),
-    )?;
-    let mut receiver = Receiver::start(&options.js_dir, &options.socket_url).await?;
+    )
+    .await?;
+    let token = session.access_token().await?;
+    let client = Client::new(session, &options.command_url, &options.query_url);
+    let mut receiver = Receiver::start(&options.js_dir, &options.socket_url, &token).await?;
     eprintln!(
         "subscribed to the whole-world area at {}",
         options.socket_url

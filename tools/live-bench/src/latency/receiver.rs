@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use meridian_importer::session::Secret;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -78,13 +79,14 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Starts the receiver and waits until the server acknowledges its subscription.
-    pub async fn start(js_dir: &Path, socket_url: &str) -> anyhow::Result<Self> {
+    /// Starts the receiver, which connects with `token`, and waits until the server
+    /// acknowledges its subscription.
+    pub async fn start(js_dir: &Path, socket_url: &str, token: &Secret) -> anyhow::Result<Self> {
         let config = json!({
             "url": socket_url,
             "subscription": { "topic": "area", "bbox": WHOLE_WORLD },
         });
-        let mut script = NodeScript::start(js_dir, "bench-receiver.mjs", &config)?;
+        let mut script = NodeScript::start(js_dir, "bench-receiver.mjs", &config, token)?;
         let mut early = Vec::new();
         let subscribed = script
             .wait_for("subscribed", Duration::from_secs(15), |line| {
