@@ -78,8 +78,10 @@ BENCH_QUERY_ADDR := $(or $(MERIDIAN_QUERY_ADDR),127.0.0.1:8081)
 BENCH_SOCKET_ADDR := $(or $(MERIDIAN_SOCKET_ADDR),127.0.0.1:8091)
 LIVE_BENCH := $(or $(CARGO_TARGET_DIR),target)/release/meridian-live-bench
 # The benchmarks log in as the admin that infra/services.sh set up, unless these are set.
-export MERIDIAN_BENCH_EMAIL ?= $(or $(MERIDIAN_ADMIN_EMAIL),admin@meridian.local)
-export MERIDIAN_BENCH_PASSWORD_FILE ?= $(or $(MERIDIAN_ADMIN_PASSWORD_FILE),$(or $(MERIDIAN_STACK_DIR),.stack)/keys/admin-password)
+# Exported for bench-live only: exported globally they would reach the CLI tests that
+# `make test` runs and check that a login is required.
+bench-live: export MERIDIAN_BENCH_EMAIL ?= $(or $(MERIDIAN_ADMIN_EMAIL),admin@meridian.local)
+bench-live: export MERIDIAN_BENCH_PASSWORD_FILE ?= $(or $(MERIDIAN_ADMIN_PASSWORD_FILE),$(or $(MERIDIAN_STACK_DIR),.stack)/keys/admin-password)
 
 bench-live: ## Measure live-update latency and idle-socket memory of the running services
 	$(CARGO) build --release -p meridian-live-bench
