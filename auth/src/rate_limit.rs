@@ -27,7 +27,7 @@ pub struct Limit {
     pub window: Duration,
 }
 
-/// The answer of the limiter.
+/// The decision of the limiter for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Allowed,
@@ -194,7 +194,8 @@ mod tests {
         }
         match limiter.hit(&LIMIT, "a").await {
             Decision::Limited { retry_after } => {
-                assert!(retry_after <= LIMIT.window && retry_after > Duration::from_secs(25));
+                assert!(retry_after <= LIMIT.window);
+                assert!(retry_after > Duration::from_secs(25));
                 let whole_seconds = retry_after.as_millis().div_ceil(1000) as u64;
                 assert_eq!(retry_after_secs(retry_after), whole_seconds);
             }

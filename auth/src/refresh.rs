@@ -22,7 +22,7 @@ pub const DEFAULT_REFRESH_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Marks refresh tokens so they are easy to tell from access tokens and to find in leaks.
 const TOKEN_PREFIX: &str = "mrt_";
 
-/// Why a family was revoked; stored in `auth_refresh_families.revoked_reason`.
+/// The reason a family was revoked, stored in `auth_refresh_families.revoked_reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RevokeReason {
     Logout,
@@ -42,7 +42,7 @@ impl RevokeReason {
     }
 }
 
-/// Why a refresh token was refused.
+/// The reason a refresh token was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
     #[error("the refresh token is not known")]
@@ -233,7 +233,7 @@ struct TokenRow {
     revoked_at: Option<DateTime<Utc>>,
 }
 
-/// The stored hash of `token`, or None when it is not shaped like a refresh token.
+/// Returns the stored hash of `token`, or None when it is not shaped like a refresh token.
 fn token_hash(token: &str) -> Option<Vec<u8>> {
     let secret = token.strip_prefix(TOKEN_PREFIX)?;
     if secret.len() != 43 || URL_SAFE_NO_PAD.decode(secret).is_err() {

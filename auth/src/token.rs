@@ -46,8 +46,8 @@ pub struct AccessToken {
     pub expires_in: Duration,
 }
 
-/// Why a token was refused. The message is safe to send to the client; it never repeats
-/// the token.
+/// The reason a token was rejected. The message is safe to send to the client because it
+/// never repeats the token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     #[error("the token has expired")]
