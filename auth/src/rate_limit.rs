@@ -1,8 +1,8 @@
-//! Fixed-window request counters in Redis, so a limit holds across every replica.
+//! Fixed-window request counters in Redis, so one limit applies across all replicas.
 //!
 //! Each counter is one Redis key, `<prefix>ratelimit:<limit>:<subject>`, incremented and
 //! given its expiry by one script call, so the first request of a window starts it. When
-//! Redis does not answer within [`REDIS_TIMEOUT`], requests are let through and a warning
+//! Redis does not reply within [`REDIS_TIMEOUT`], requests are let through and a warning
 //! is logged: an outage of the limiter must not become an outage of the API.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -113,13 +113,13 @@ impl RateLimiter {
         let script = Script::new(script);
         let mut invocation = script.key(&key);
         invocation.arg(window_ms);
-        let answer = tokio::time::timeout(
+        let reply = tokio::time::timeout(
             REDIS_TIMEOUT,
             invocation.invoke_async::<(u64, i64)>(&mut redis),
         )
         .await;
-        let (count, ttl_ms) = match answer {
-            Ok(Ok(answer)) => answer,
+        let (count, ttl_ms) = match reply {
+            Ok(Ok(reply)) => reply,
             _ => {
                 self.warn_unavailable(limit);
                 return Decision::Allowed;
@@ -157,7 +157,7 @@ impl RateLimiter {
         {
             warn!(
                 limit = limit.name,
-                "Redis did not answer the rate limiter; letting requests through"
+                "Redis did not reply to the rate limiter; letting requests through"
             );
         }
     }

@@ -2,7 +2,7 @@
 //!
 //! A login starts a family. [`RefreshStore::rotate`] marks the presented token used and
 //! issues the next one of its family. A token presented a second time means that someone
-//! else holds a copy, so the whole family is revoked and neither holder can refresh again.
+//! else has a copy, so the whole family is revoked and neither holder can refresh again.
 //! Only SHA-256 hashes are stored: the tokens carry 256 random bits, so a hash is enough
 //! to make a copy of the table useless.
 

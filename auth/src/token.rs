@@ -74,7 +74,7 @@ pub struct TokenService {
 
 impl TokenService {
     pub fn new(keys: Arc<KeyStore>, access_ttl: Duration) -> Self {
-        // Only HS256 is accepted, whatever the header says; `none` and the public-key
+        // Only HS256 is accepted, whatever algorithm the header names; `none` and the public-key
         // algorithms fail before any key is used.
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[ISSUER]);

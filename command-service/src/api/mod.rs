@@ -132,9 +132,9 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             idempotency::guard,
         ));
-    // The live map on the query service logs in from the browser, so the auth routes answer
+    // The live map on the query service logs in from the browser, so the auth routes accept
     // cross-origin requests. They take no cookies, so any origin may call them. Each route
-    // has an OPTIONS method for the CORS layer to answer; without it the preflight would
+    // has an OPTIONS method for the CORS layer to handle; without it the preflight would
     // reach the 405 fallback.
     let sessions = Router::new()
         .route("/v1/auth/login", post(auth::login).options(preflight))

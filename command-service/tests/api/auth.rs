@@ -1,6 +1,6 @@
-//! Login, refresh and logout, and every attack on the command routes that issue 5 names:
-//! no token, an expired token, a forged signature, `alg: none`, another user's token, a
-//! reused refresh token and a role escalation through a request body.
+//! Login, refresh and logout, and the attacks a command route must refuse: no token, an
+//! expired token, a forged signature, `alg: none`, another user's token, a reused refresh
+//! token and a role escalation through a request body.
 
 use axum::http::{Method, StatusCode};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -553,7 +553,7 @@ async fn the_configured_admin_is_created_once_and_can_log_in() {
 }
 
 #[tokio::test]
-async fn the_auth_routes_answer_cross_origin_preflights() {
+async fn auth_routes_allow_cross_origin_preflights() {
     let app = TestApp::start().await;
     let preflight = app
         .raw(

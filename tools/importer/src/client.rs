@@ -2,11 +2,10 @@
 //!
 //! Every call to a `/v1` route goes through the [`Session`], which adds the access token,
 //! renews it on a 401 `token_expired`, and waits after 429 responses as `Retry-After`
-//! requests.
-//! On top of that, a request is retried after a connection error or time-out, and after the
-//! statuses that describe a passing condition: 408, 409 (a concurrency conflict or an
-//! idempotency key still in use), 425 and 5xx except 501 and 505. The delay grows
-//! exponentially; a `Retry-After` header in seconds replaces it, up to the policy's maximum
+//! requests. On top of that, a request is retried after a connection error or time-out,
+//! and after the statuses that describe a passing condition: 408, 409 (a concurrency
+//! conflict or an idempotency key still in use), 425 and 5xx except 501 and 505. The delay
+//! grows exponentially; a `Retry-After` header in seconds replaces it, up to the policy's maximum
 //! delay.
 
 use std::fmt;
