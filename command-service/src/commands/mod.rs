@@ -1,9 +1,10 @@
 //! Runs domain commands against the PostgreSQL event store.
 //!
-//! [`Executor`] drives a postgres-es `PersistedEventStore` directly instead of
-//! `CqrsFramework::execute`, so it gets the committed envelopes back and can report their
-//! sequences and global positions. [`with_retries`] repeats an attempt that lost an
-//! optimistic-concurrency race.
+//! [`Executor`] loads aggregates through a postgres-es `PersistedEventStore`, runs the
+//! commands itself instead of `CqrsFramework::execute`, and stores each commit with
+//! [`SealedRepository::append`] in one transaction, so it can report the global position of
+//! what it stored. [`with_retries`] repeats an attempt that lost an optimistic-concurrency
+//! race.
 
 pub mod history;
 pub mod password;
@@ -15,15 +16,15 @@ use std::collections::HashMap;
 use anyhow::{anyhow, Context};
 use chrono::{DateTime, SecondsFormat, Utc};
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::{Aggregate, AggregateError, EventStore};
+use cqrs_es::persist::{PersistedEventStore, SerializedEvent};
+use cqrs_es::{Aggregate, AggregateError, DomainEvent, EventStore};
 use meridian_crypto::EventCipher;
 use sqlx::PgPool;
-use tracing::{debug, warn};
+use tracing::debug;
 use uuid::Uuid;
 
 pub use retry::{with_retries, RetryPolicy, Retryable};
-pub use sealed::{SealedRepository, UserErased};
+pub use sealed::{SealedRepository, SnapshotWrite, UserErased};
 
 /// Channel the command service notifies after each commit, so the outbox relay wakes at once.
 pub const OUTBOX_CHANNEL: &str = "meridian_outbox";
@@ -36,7 +37,7 @@ pub mod metadata_keys {
     pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
     /// When the command service received the request, RFC 3339.
     pub const RECEIVED_AT: &str = "received_at";
-    /// A UUID per commit attempt, which shows whether a commit reported as a conflict was stored.
+    /// A UUID per commit attempt, shared by the events of one commit.
     pub const COMMIT_ID: &str = "commit_id";
     /// The user id of the authenticated caller, absent for anonymous requests.
     pub const ACTOR_ID: &str = "actor_id";
@@ -164,14 +165,24 @@ impl<E: std::error::Error> Retryable for CommandError<E> {
     }
 }
 
+/// How many events an aggregate with snapshots may gain before its snapshot is rewritten.
+/// A load opens the snapshot and replays at most this many events after it. A location
+/// track's snapshot contains its 256 most recent reports, an estimated 20 KB of JSON, so
+/// rewriting it on every single-report command would write far more than the report itself.
+pub const SNAPSHOT_INTERVAL: usize = 64;
+
 /// Runs commands of one aggregate type against its event store.
 pub struct Executor<A>
 where
     A: Aggregate,
 {
+    /// Loads aggregates: from a snapshot and the events after it when snapshots are on.
     store: PersistedEventStore<SealedRepository, A>,
+    /// Stores commits.
+    repository: SealedRepository,
+    /// Events between snapshots, or None for an aggregate without snapshots.
+    snapshot_interval: Option<usize>,
     services: A::Services,
-    pool: PgPool,
 }
 
 impl<A> Executor<A>
@@ -180,27 +191,36 @@ where
 {
     /// Creates an executor that rebuilds the aggregate from all of its events on every load.
     pub fn with_event_store(pool: PgPool, cipher: EventCipher, services: A::Services) -> Self {
-        let repository = SealedRepository::new(pool.clone(), cipher);
         Self {
-            store: PersistedEventStore::new_event_store(repository),
+            store: PersistedEventStore::new_event_store(SealedRepository::new(
+                pool.clone(),
+                cipher.clone(),
+            )),
+            repository: SealedRepository::new(pool, cipher),
+            snapshot_interval: None,
             services,
-            pool,
         }
     }
 
-    /// Creates an executor that writes a snapshot with every commit and loads the snapshot plus
-    /// the events after it.
+    /// Creates an executor that loads the latest snapshot plus the events after it, and
+    /// rewrites the snapshot with each commit that passes a multiple of [`SNAPSHOT_INTERVAL`]
+    /// events.
     ///
-    /// NOTE: postgres-es 0.5 records a snapshot's `last_sequence` as the last event of the
-    /// commit, but it folds only the events up to the snapshot boundary into the state. With a
-    /// snapshot size above 1, a commit that crosses a boundary therefore drops events from every
-    /// later load. A size of 1 makes each snapshot cover its whole commit.
+    /// The snapshot is written by [`SealedRepository::append`], which records the sequence of
+    /// the commit's last event as the snapshot's `last_sequence`, and the state after the whole
+    /// commit. postgres-es's own snapshot commit folds only the events up to its snapshot
+    /// boundary into the state but records the last event's sequence, which drops events from
+    /// later loads unless every commit writes a snapshot.
     pub fn with_snapshot_store(pool: PgPool, cipher: EventCipher, services: A::Services) -> Self {
-        let repository = SealedRepository::new(pool.clone(), cipher);
         Self {
-            store: PersistedEventStore::new_snapshot_store(repository, 1),
+            // The snapshot size only matters to `PersistedEventStore::commit`, which is not used.
+            store: PersistedEventStore::new_snapshot_store(
+                SealedRepository::new(pool.clone(), cipher.clone()),
+                SNAPSHOT_INTERVAL,
+            ),
+            repository: SealedRepository::new(pool, cipher),
+            snapshot_interval: Some(SNAPSHOT_INTERVAL),
             services,
-            pool,
         }
     }
 
@@ -228,11 +248,11 @@ where
             .await
             .map_err(|error| store_error::<A>(error, aggregate_id))?;
         let base_sequence = context.current_sequence;
+        let loaded_snapshot = context.current_snapshot;
 
-        // NOTE: commands run on a clone because cqrs-es 0.5's `EventSink::write` applies each
-        // event to the aggregate it is given, and `commit` applies them again to
-        // `context.aggregate` when it writes a snapshot.
-        let mut aggregate = context.aggregate.clone();
+        // `EventSink::write` applies each event to the aggregate it is given, so after the
+        // commands ran, `aggregate` is the state after the commit.
+        let mut aggregate = context.aggregate;
         let sink = EventSink::default();
         for command in commands {
             aggregate
@@ -246,46 +266,32 @@ where
         }
 
         let count = events.len();
-        let commit_id = Uuid::new_v4();
-        match self
-            .store
-            .commit(events, context, metadata.to_map(commit_id))
-            .await
-        {
-            Ok(envelopes) => {
-                debug!(
-                    aggregate_type = A::TYPE,
-                    aggregate_id,
-                    events = envelopes.len(),
-                    "committed events"
-                );
-            }
-            Err(AggregateError::AggregateConflict) => {
-                // postgres-es checks the snapshot update only after its transaction committed,
-                // so a conflict may be reported for events that are stored.
-                if !self
-                    .is_committed(aggregate_id, base_sequence, count, commit_id)
-                    .await?
-                {
-                    return Err(CommandError::Conflict {
-                        aggregate_type: A::TYPE,
-                        aggregate_id: aggregate_id.to_owned(),
-                    });
-                }
-                warn!(
-                    aggregate_type = A::TYPE,
-                    aggregate_id, "commit reported a conflict but its events are stored"
-                );
-            }
-            Err(error) => return Err(store_error::<A>(error, aggregate_id)),
-        }
-
         let first_sequence = sequence_after(base_sequence, 1)?;
         let last_sequence = sequence_after(base_sequence, count)?;
+        let metadata = metadata.to_map(Uuid::new_v4());
+        let serialized = serialize_events::<A>(aggregate_id, base_sequence, &events, &metadata)
+            .map_err(|error| store_error::<A>(error.into(), aggregate_id))?;
+        let snapshot = match self.snapshot_due(base_sequence, count) {
+            true => Some(SnapshotWrite {
+                state: serde_json::to_value(&aggregate)
+                    .context("failed to serialize the aggregate for its snapshot")?,
+                last_sequence: base_sequence + count,
+                loaded_version: loaded_snapshot,
+            }),
+            false => None,
+        };
         let position = self
-            .max_position(aggregate_id, first_sequence, last_sequence)
-            .await?;
-        self.notify_relay().await;
+            .repository
+            .append::<A>(&serialized, snapshot)
+            .await
+            .map_err(|error| store_error::<A>(error.into(), aggregate_id))?;
+        debug!(
+            aggregate_type = A::TYPE,
+            aggregate_id,
+            events = count,
+            position,
+            "committed events"
+        );
         Ok(Committed {
             aggregate_id: aggregate_id.to_owned(),
             stored: count,
@@ -295,68 +301,37 @@ where
         })
     }
 
-    /// Tells whether the events of commit attempt `commit_id` are stored.
-    async fn is_committed(
-        &self,
-        aggregate_id: &str,
-        base_sequence: usize,
-        count: usize,
-        commit_id: Uuid,
-    ) -> Result<bool, CommandError<A::Error>> {
-        let first = sequence_after(base_sequence, 1)?;
-        let last = sequence_after(base_sequence, count)?;
-        let stored: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM events \
-             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence BETWEEN $3 AND $4 \
-               AND metadata ->> $5 = $6",
-        )
-        .bind(A::TYPE)
-        .bind(aggregate_id)
-        .bind(first)
-        .bind(last)
-        .bind(metadata_keys::COMMIT_ID)
-        .bind(commit_id.to_string())
-        .fetch_one(&self.pool)
-        .await
-        .context("failed to check whether a conflicting commit was stored")?;
-        Ok(usize::try_from(stored).is_ok_and(|stored| stored == count))
+    /// Tells whether a commit of `count` events after `base_sequence` passes a multiple of
+    /// the snapshot interval, and so rewrites the snapshot.
+    fn snapshot_due(&self, base_sequence: usize, count: usize) -> bool {
+        self.snapshot_interval
+            .is_some_and(|interval| (base_sequence + count) / interval > base_sequence / interval)
     }
+}
 
-    async fn max_position(
-        &self,
-        aggregate_id: &str,
-        first_sequence: i64,
-        last_sequence: i64,
-    ) -> Result<i64, CommandError<A::Error>> {
-        let position: Option<i64> = sqlx::query_scalar(
-            "SELECT max(position) FROM events \
-             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence BETWEEN $3 AND $4",
-        )
-        .bind(A::TYPE)
-        .bind(aggregate_id)
-        .bind(first_sequence)
-        .bind(last_sequence)
-        .fetch_one(&self.pool)
-        .await
-        .context("failed to read the positions of committed events")?;
-        position.ok_or_else(|| {
-            CommandError::Unexpected(anyhow!(
-                "committed events of {} {aggregate_id} at sequences {first_sequence}..={last_sequence} are missing",
-                A::TYPE
+/// Serializes the events of one commit with their sequences and the commit's metadata.
+fn serialize_events<A: Aggregate>(
+    aggregate_id: &str,
+    base_sequence: usize,
+    events: &[A::Event],
+    metadata: &HashMap<String, String>,
+) -> Result<Vec<SerializedEvent>, serde_json::Error> {
+    let metadata = serde_json::to_value(metadata)?;
+    events
+        .iter()
+        .zip(base_sequence + 1..)
+        .map(|(event, sequence)| {
+            Ok(SerializedEvent::new(
+                aggregate_id.to_owned(),
+                sequence,
+                A::TYPE.to_owned(),
+                event.event_type(),
+                event.event_version(),
+                serde_json::to_value(event)?,
+                metadata.clone(),
             ))
         })
-    }
-
-    /// Wakes the outbox relay; a failure only delays publishing until its next poll.
-    async fn notify_relay(&self) {
-        let result = sqlx::query("SELECT pg_notify($1, '')")
-            .bind(OUTBOX_CHANNEL)
-            .execute(&self.pool)
-            .await;
-        if let Err(error) = result {
-            warn!(%error, "failed to notify the outbox relay");
-        }
-    }
+        .collect()
 }
 
 fn sequence_after<E: std::error::Error>(

@@ -128,8 +128,72 @@ impl SealedRepository {
         Ok(opened)
     }
 
-    /// Tells whether a failed write was rejected because the user was erased meanwhile: the
-    /// insert trigger rejects events of a user without a key.
+    async fn seal_all(
+        &self,
+        events: &[SerializedEvent],
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        let mut sealed = Vec::with_capacity(events.len());
+        let mut last_metadata = None;
+        for event in events {
+            sealed.push(self.seal(event, &mut last_metadata).await?);
+        }
+        Ok(sealed)
+    }
+
+    /// Seals and stores the events of one commit in a single transaction, with a snapshot
+    /// when one is given. The transaction runs one multi-row `INSERT` for the events, the
+    /// snapshot write, and a notification to the outbox relay, which PostgreSQL delivers at
+    /// commit. Returns the greatest position stored.
+    ///
+    /// postgres-es's own `persist` sends one `INSERT` per event, so a batch of 100 reports cost
+    /// 100 round trips. Any unique violation (a concurrent commit at the same sequence, or an
+    /// email address taken meanwhile) and a snapshot that another commit moved are reported
+    /// as [`PersistenceError::OptimisticLockError`], and nothing of the commit is stored.
+    pub async fn append<A: Aggregate>(
+        &self,
+        events: &[SerializedEvent],
+        snapshot: Option<SnapshotWrite>,
+    ) -> Result<i64, PersistenceError> {
+        let sealed = self.seal_all(events).await?;
+        let snapshot = match (snapshot, events.first()) {
+            (Some(snapshot), Some(first)) => {
+                let state = self
+                    .cipher
+                    .seal_snapshot(&first.aggregate_id, A::TYPE, snapshot.state)
+                    .await
+                    .map_err(failure)?;
+                Some(SnapshotWrite { state, ..snapshot })
+            }
+            _ => None,
+        };
+        match write_commit::<A>(&self.pool, &sealed, snapshot.as_ref()).await {
+            Ok(Some(position)) => Ok(position),
+            Ok(None) => Err(PersistenceError::OptimisticLockError),
+            Err(error) => Err(self.write_failure(events, error).await),
+        }
+    }
+
+    /// Classifies a failed write. A conflict stays a conflict. Any other failure of a user
+    /// whose key was destroyed meanwhile becomes [`UserErased`], because the insert trigger
+    /// rejects events of a user without a key.
+    async fn write_failure(
+        &self,
+        events: &[SerializedEvent],
+        error: impl Into<PersistenceError>,
+    ) -> PersistenceError {
+        let error = error.into();
+        if matches!(error, PersistenceError::OptimisticLockError) {
+            return error;
+        }
+        match events.first().map(|event| event.aggregate_id.as_str()) {
+            Some(id) if self.erased_during_write(id).await => {
+                PersistenceError::UnknownError(Box::new(UserErased(id.to_owned())))
+            }
+            _ => error,
+        }
+    }
+
+    /// Tells whether the user was erased: their key no longer exists.
     async fn erased_during_write(&self, aggregate_id: &str) -> bool {
         self.cipher
             .keyring()
@@ -137,6 +201,144 @@ impl SealedRepository {
             .await
             .unwrap_or(false)
     }
+}
+
+/// The state of an aggregate to store as its snapshot in the same transaction as a commit.
+#[derive(Debug, Clone)]
+pub struct SnapshotWrite {
+    /// The aggregate's state after the commit, as plaintext JSON; `append` seals it.
+    pub state: Value,
+    /// The sequence of the commit's last event, which the state includes.
+    pub last_sequence: usize,
+    /// The version of the snapshot the commit's aggregate was loaded from, or None when the
+    /// aggregate has no snapshot yet.
+    pub loaded_version: Option<usize>,
+}
+
+/// A failed write, before it is classified as a conflict or another failure.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct WriteError(#[from] sqlx::Error);
+
+impl From<WriteError> for PersistenceError {
+    fn from(WriteError(error): WriteError) -> Self {
+        let unique_violation = error
+            .as_database_error()
+            .is_some_and(|error| error.code().as_deref() == Some("23505"));
+        if unique_violation {
+            Self::OptimisticLockError
+        } else {
+            Self::ConnectionError(Box::new(error))
+        }
+    }
+}
+
+/// Runs the transaction of [`SealedRepository::append`]. Returns None when the snapshot was
+/// moved by another commit, after rolling back.
+async fn write_commit<A: Aggregate>(
+    pool: &PgPool,
+    events: &[SerializedEvent],
+    snapshot: Option<&SnapshotWrite>,
+) -> Result<Option<i64>, WriteError> {
+    let mut transaction = pool.begin().await?;
+    let position = insert_events::<A>(&mut transaction, events).await?;
+    if let Some(snapshot) = snapshot {
+        let aggregate_id = events
+            .first()
+            .map_or("", |event| event.aggregate_id.as_str());
+        if !write_snapshot::<A>(&mut transaction, aggregate_id, snapshot).await? {
+            transaction.rollback().await?;
+            return Ok(None);
+        }
+    }
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(super::OUTBOX_CHANNEL)
+        .execute(&mut *transaction)
+        .await?;
+    transaction.commit().await?;
+    Ok(Some(position))
+}
+
+/// Inserts the events with one statement and returns the greatest position they got.
+async fn insert_events<A: Aggregate>(
+    transaction: &mut sqlx::PgConnection,
+    events: &[SerializedEvent],
+) -> Result<i64, WriteError> {
+    let count = events.len();
+    let mut ids = Vec::with_capacity(count);
+    let mut sequences = Vec::with_capacity(count);
+    let mut types = Vec::with_capacity(count);
+    let mut versions = Vec::with_capacity(count);
+    let mut payloads = Vec::with_capacity(count);
+    let mut metadata = Vec::with_capacity(count);
+    for event in events {
+        ids.push(event.aggregate_id.as_str());
+        sequences.push(i64::try_from(event.sequence).unwrap_or(i64::MAX));
+        types.push(event.event_type.as_str());
+        versions.push(event.event_version.as_str());
+        payloads.push(event.payload.to_string());
+        metadata.push(event.metadata.to_string());
+    }
+    let position: Option<i64> = sqlx::query_scalar(
+        "WITH stored AS (
+             INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                 event_version, payload, metadata)
+             SELECT $1, id, sequence, event_type, event_version, payload::json, metadata::json
+             FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                         $7::text[])
+                  AS t (id, sequence, event_type, event_version, payload, metadata)
+             RETURNING position)
+         SELECT max(position) FROM stored",
+    )
+    .bind(A::TYPE)
+    .bind(&ids)
+    .bind(&sequences)
+    .bind(&types)
+    .bind(&versions)
+    .bind(&payloads)
+    .bind(&metadata)
+    .fetch_one(&mut *transaction)
+    .await?;
+    // An empty commit never reaches this function, so a missing position means a bug.
+    Ok(position.unwrap_or_default())
+}
+
+/// Writes the first snapshot of an aggregate, or moves its existing one forward. Returns
+/// false when another commit moved the snapshot since this one was loaded.
+async fn write_snapshot<A: Aggregate>(
+    transaction: &mut sqlx::PgConnection,
+    aggregate_id: &str,
+    snapshot: &SnapshotWrite,
+) -> Result<bool, WriteError> {
+    let last_sequence = i64::try_from(snapshot.last_sequence).unwrap_or(i64::MAX);
+    let Some(loaded) = snapshot.loaded_version else {
+        sqlx::query(
+            "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot,
+                                    payload)
+             VALUES ($1, $2, $3, 1, $4::text::json)",
+        )
+        .bind(A::TYPE)
+        .bind(aggregate_id)
+        .bind(last_sequence)
+        .bind(snapshot.state.to_string())
+        .execute(&mut *transaction)
+        .await?;
+        return Ok(true);
+    };
+    let loaded = i64::try_from(loaded).unwrap_or(i64::MAX);
+    let updated = sqlx::query(
+        "UPDATE snapshots
+         SET last_sequence = $3, current_snapshot = $4 + 1, payload = $5::text::json
+         WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $4",
+    )
+    .bind(A::TYPE)
+    .bind(aggregate_id)
+    .bind(last_sequence)
+    .bind(loaded)
+    .bind(snapshot.state.to_string())
+    .execute(&mut *transaction)
+    .await?;
+    Ok(updated.rows_affected() == 1)
 }
 
 impl PersistedEventRepository for SealedRepository {
@@ -180,11 +382,7 @@ impl PersistedEventRepository for SealedRepository {
         events: &[SerializedEvent],
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        let mut sealed = Vec::with_capacity(events.len());
-        let mut last_metadata = None;
-        for event in events {
-            sealed.push(self.seal(event, &mut last_metadata).await?);
-        }
+        let sealed = self.seal_all(events).await?;
         let snapshot_update = match snapshot_update {
             Some((aggregate_id, state, version)) => {
                 let state = self
@@ -198,16 +396,7 @@ impl PersistedEventRepository for SealedRepository {
         };
         match self.inner.persist::<A>(&sealed, snapshot_update).await {
             Ok(()) => Ok(()),
-            Err(error @ PersistenceError::OptimisticLockError) => Err(error),
-            Err(error) => {
-                let aggregate_id = events.first().map(|event| event.aggregate_id.as_str());
-                match aggregate_id {
-                    Some(id) if self.erased_during_write(id).await => Err(
-                        PersistenceError::UnknownError(Box::new(UserErased(id.to_owned()))),
-                    ),
-                    _ => Err(error),
-                }
-            }
+            Err(error) => Err(self.write_failure(events, error).await),
         }
     }
 

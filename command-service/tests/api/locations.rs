@@ -125,26 +125,66 @@ async fn snapshot_counts_every_stored_report() {
         app.post(&path, &batch(start, 70)).await;
     }
 
-    let (last_sequence, snapshot): (i64, Value) = sqlx::query_as(
-        "SELECT last_sequence, payload::jsonb FROM snapshots \
+    let sealed: Value = sqlx::query_scalar(
+        "SELECT payload::jsonb FROM snapshots \
          WHERE aggregate_type = 'LocationTrack' AND aggregate_id = $1",
     )
     .bind(&user_id)
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    assert_eq!(last_sequence, 210);
     assert!(
-        snapshot.get("sealed").is_some(),
-        "snapshot is sealed: {snapshot}"
+        sealed.get("sealed").is_some(),
+        "snapshot is sealed: {sealed}"
     );
+    assert_eq!(stored_snapshot(&app, &user_id).await, (210, json!(210)));
+    app.finish().await;
+}
+
+/// Reads the sequence the stored `LocationTrack` snapshot covers, and its report count.
+async fn stored_snapshot(app: &TestApp, user_id: &str) -> (i64, Value) {
+    let (last_sequence, snapshot): (i64, Value) = sqlx::query_as(
+        "SELECT last_sequence, payload::jsonb FROM snapshots \
+         WHERE aggregate_type = 'LocationTrack' AND aggregate_id = $1",
+    )
+    .bind(user_id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
     let snapshot = app
         .state
         .cipher
-        .open_snapshot(&user_id, "LocationTrack", snapshot)
+        .open_snapshot(user_id, "LocationTrack", snapshot)
         .await
         .unwrap();
-    assert_eq!(snapshot["reports"], 210);
+    (last_sequence, snapshot["reports"].clone())
+}
+
+#[tokio::test]
+async fn single_reports_rewrite_the_snapshot_once_per_interval() {
+    let app = TestApp::start().await;
+    let user_id = app.register("track-7b@ais.example").await;
+    let path = location_path(&user_id);
+    for index in 0..70 {
+        let response = app.post(&path, &report(index * 10, 40.0, -74.0)).await;
+        assert_eq!(response.status, StatusCode::OK, "{}", response.body);
+    }
+
+    // The snapshot interval is 64 events: the 64th commit wrote it, the next six did not.
+    assert_eq!(stored_snapshot(&app, &user_id).await, (64, json!(64)));
+    // Loading replays the six events after the snapshot, so a report from either side of
+    // it is recognized as already stored.
+    for index in [10, 67] {
+        let response = app.post(&path, &report(index * 10, 40.0, -74.0)).await;
+        assert_eq!(
+            response.body["stored"], 0,
+            "report {index}: {}",
+            response.body
+        );
+    }
+    let response = app.post(&path, &report(700, 40.0, -74.0)).await;
+    assert_eq!(response.body["first_sequence"], 71);
+    assert_eq!(app.events_of("LocationTrack", &user_id).await, 71);
     app.finish().await;
 }
 
