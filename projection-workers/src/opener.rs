@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 
+use meridian_crypto::personal::personal_fields;
 use meridian_crypto::{CipherError, EventCipher};
 use meridian_event_log::EventMessage;
 
@@ -24,11 +25,15 @@ pub enum Opened {
     Invalid(anyhow::Error),
 }
 
-/// Opens messages in consumption order and remembers the users found erased, so their
-/// later messages are skipped without asking the key ring again.
+/// Opens messages in consumption order and remembers erased users, so their later messages
+/// are skipped without asking the key ring again.
 pub struct EventOpener {
     cipher: EventCipher,
+    /// Users whose `UserErased` event was opened: every later message is a copy.
     erased: HashSet<String>,
+    /// Users whose key the key ring reported destroyed. Their messages with personal fields
+    /// cannot be opened, but those without, such as `UserErased` itself, still apply.
+    keyless: HashSet<String>,
 }
 
 impl EventOpener {
@@ -36,15 +41,17 @@ impl EventOpener {
         Self {
             cipher,
             erased: HashSet::new(),
+            keyless: HashSet::new(),
         }
     }
 
-    /// Opens the personal fields of `message` and decodes its domain event. A user counts as
-    /// erased after their `UserErased` event, or once the key ring reports their key
-    /// destroyed. Only a transient failure (key store or key provider unreachable) is an
-    /// error; the caller may try the same message again.
+    /// Opens the personal fields of `message` and decodes its domain event. Only a transient
+    /// failure (key store or key provider unreachable) is an error; the caller may try the
+    /// same message again.
     pub async fn open(&mut self, message: &EventMessage) -> Result<Opened, CipherError> {
-        if self.erased.contains(&message.aggregate_id) {
+        let keyless = self.keyless.contains(&message.aggregate_id)
+            && !personal_fields(&message.event_type).is_empty();
+        if keyless || self.erased.contains(&message.aggregate_id) {
             return Ok(Opened::Erased);
         }
         let mut payload = message.tagged_payload();
@@ -54,7 +61,7 @@ impl EventOpener {
             .await
         {
             if error.is_erased() {
-                self.erased.insert(message.aggregate_id.clone());
+                self.keyless.insert(message.aggregate_id.clone());
                 return Ok(Opened::Erased);
             }
             if error.is_transient() {

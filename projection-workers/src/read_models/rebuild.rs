@@ -7,8 +7,9 @@
 //!
 //! 1. a reader task streams `events` over its own connection in one query, so it sees one
 //!    snapshot, taken after the truncation holds its locks;
-//! 2. a fold task opens and folds each event, keeps user, profile and latest-location rows in
-//!    memory and encodes history rows in the binary `COPY` format;
+//! 2. a fold task has chunks opened on two spawned tasks at once, folds them in their
+//!    original order, keeps user, profile and latest-location rows in memory and encodes
+//!    history rows in the binary `COPY` format;
 //! 3. the calling task sends those chunks into `COPY rm_location_history` and, at the end,
 //!    writes the in-memory rows, deletes what erased users left, fills `rm_applied` and
 //!    rebuilds the history indexes it dropped.
@@ -28,7 +29,7 @@
 //! and the resuming projection appends the updates of events after its offsets. It only
 //! blanks the stored updates of erased users, as the live projection does.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -57,6 +58,9 @@ pub const DATABASE_CONNECTIONS: u32 = 4;
 const EVENTS_PER_CHUNK: usize = 4096;
 /// Chunks buffered between two steps, which bounds memory while one step waits.
 const CHUNKS_IN_FLIGHT: usize = 4;
+/// Chunks opened at once. Opening is the costliest step on the client, so it runs on more
+/// than one core.
+const OPEN_TASKS: usize = 2;
 /// Attempts to open one event while the key store or key provider is unreachable.
 const OPEN_ATTEMPTS: u32 = 5;
 /// Delay before the second attempt; it doubles for each further one.
@@ -110,12 +114,13 @@ pub struct StageSeconds {
     pub read: f64,
     /// Reader: waiting for the fold task to take a chunk.
     pub read_blocked: f64,
-    /// Fold task: opening sealed fields and decoding events.
+    /// Opening sealed fields and decoding events, summed over the tasks that open chunks
+    /// in parallel.
     pub open: f64,
     pub fold: f64,
     /// Fold task: encoding history rows for `COPY`.
     pub encode: f64,
-    /// Fold task: waiting for the next chunk of events.
+    /// Fold task: waiting for the next opened chunk.
     pub fold_idle: f64,
     /// Writer: sending `COPY` data, which waits while PostgreSQL inserts.
     pub copy: f64,
@@ -496,39 +501,48 @@ impl Replay {
     }
 }
 
-/// Opens and folds every chunk from `events`, and sends the history rows to `copy` in the
-/// binary `COPY` format, ending with its trailer once `events` is closed.
+/// Opens every chunk from `events` on up to [`OPEN_TASKS`] spawned tasks at once, folds the
+/// opened chunks in their original order, and sends the history rows to `copy` in the binary
+/// `COPY` format, ending with its trailer once `events` is closed.
 async fn fold_events(
     cipher: EventCipher,
     mut events: mpsc::Receiver<Vec<EventMessage>>,
     copy: mpsc::Sender<Vec<u8>>,
 ) -> anyhow::Result<Replay> {
-    let mut opener = EventOpener::new(cipher);
     let mut replay = Replay::default();
     let mut encoder = HistoryCopy::default();
+    let mut opening: VecDeque<Task<OpenedChunk>> = VecDeque::with_capacity(OPEN_TASKS);
+    let mut events_done = false;
     loop {
         let step = Instant::now();
-        let Some(messages) = events.recv().await else {
+        while !events_done && opening.len() < OPEN_TASKS {
+            match events.recv().await {
+                Some(messages) => {
+                    opening.push_back(Task(tokio::spawn(open_chunk(cipher.clone(), messages))))
+                }
+                None => events_done = true,
+            }
+        }
+        let Some(next) = opening.pop_front() else {
             break;
         };
+        let chunk = next.join().await?;
         replay.times.idle += step.elapsed();
+        replay.times.open += chunk.busy;
 
-        for message in &messages {
-            let step = Instant::now();
-            let opened = open_with_retries(&mut opener, message).await?;
-            replay.times.open += step.elapsed();
-            let step = Instant::now();
+        let step = Instant::now();
+        for (message, opened) in chunk.messages.iter().zip(chunk.opened) {
             if let Some(event) = replay.take_event(message, opened) {
                 replay.fold(&event);
             }
-            replay.times.fold += step.elapsed();
         }
+        replay.times.fold += step.elapsed();
 
         let step = Instant::now();
         let history = replay.rows.take_history();
-        let chunk = encoder.encode(&history);
+        let data = encoder.encode(&history);
         replay.times.encode += step.elapsed();
-        copy.send(chunk)
+        copy.send(data)
             .await
             .map_err(|_| Stopped("COPY into rm_location_history"))?;
     }
@@ -536,6 +550,32 @@ async fn fold_events(
         .await
         .map_err(|_| Stopped("COPY into rm_location_history"))?;
     Ok(replay)
+}
+
+/// A chunk of messages with what opening each one gave, and the time it took.
+struct OpenedChunk {
+    messages: Vec<EventMessage>,
+    opened: Vec<Opened>,
+    busy: Duration,
+}
+
+/// Opens every message of one chunk. Each chunk has an opener of its own: the users it
+/// finds erased stay erased for every other chunk too, because their keys are gone.
+async fn open_chunk(
+    cipher: EventCipher,
+    messages: Vec<EventMessage>,
+) -> anyhow::Result<OpenedChunk> {
+    let started = Instant::now();
+    let mut opener = EventOpener::new(cipher);
+    let mut opened = Vec::with_capacity(messages.len());
+    for message in &messages {
+        opened.push(open_with_retries(&mut opener, message).await?);
+    }
+    Ok(OpenedChunk {
+        messages,
+        opened,
+        busy: started.elapsed(),
+    })
 }
 
 /// Opens `message`, trying again a few times while the key store or key provider is
