@@ -13,7 +13,7 @@ use crate::event::ProjectedEvent;
 /// Event type whose projection deletes a user's rows and documents.
 pub const ERASED_EVENT: &str = "UserErased";
 
-/// What became of one message.
+/// Outcome of opening one message.
 #[derive(Debug)]
 pub enum Opened {
     Event(ProjectedEvent),

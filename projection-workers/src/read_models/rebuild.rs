@@ -5,7 +5,7 @@
 //! through the live projection's opening ([`EventOpener`]) and fold ([`ReadModelRows`]), and
 //! commits. Three steps overlap:
 //!
-//! 1. a reader task streams `events` over its own connection in one query, so it sees one
+//! 1. a reader task streams `events` over its own connection in one query, which reads one
 //!    snapshot, taken after the truncation holds its locks;
 //! 2. a fold task has chunks opened on two spawned tasks at once, folds them in their
 //!    original order, keeps user, profile and latest-location rows in memory and encodes
