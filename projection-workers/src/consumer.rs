@@ -3,7 +3,7 @@
 //! messages into batches. It applies each batch until the projection succeeds, and only
 //! then commits the batch's offsets to Kafka.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,9 +24,9 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::ProjectedEvent;
+use crate::opener::{EventOpener, Opened};
 
-/// Event type whose projection deletes a user's rows and documents.
-pub const ERASED_EVENT: &str = "UserErased";
+pub use crate::opener::ERASED_EVENT;
 
 /// Maximum number of messages in one batch.
 pub const MAX_BATCH_MESSAGES: usize = 500;
@@ -537,33 +537,22 @@ async fn open_batch(
     settings: &ConsumerSettings,
     counters: &Counters,
 ) -> Result<Vec<Received>, CipherError> {
-    let mut erased = HashSet::new();
+    let mut opener = EventOpener::new(cipher.clone());
     let mut skipped_erased = 0;
     let mut received = Vec::with_capacity(messages.len());
     for decoded in messages {
         let mut event = None;
         if let Some(message) = &decoded.message {
-            if erased.contains(&message.aggregate_id) {
-                skipped_erased += 1;
-            } else {
-                match open_message(cipher, message).await {
-                    Ok(projected) => {
-                        if projected.event_type == ERASED_EVENT {
-                            cipher.keyring().forget(&message.aggregate_id);
-                            erased.insert(message.aggregate_id.clone());
-                        }
-                        event = Some(projected);
-                    }
-                    Err(Opened::Erased) => skipped_erased += 1,
-                    Err(Opened::Transient(error)) => return Err(error),
-                    Err(Opened::Invalid(error)) => skip_undecodable(
-                        settings,
-                        counters,
-                        decoded.partition,
-                        decoded.offset,
-                        &error,
-                    ),
-                }
+            match opener.open(message).await? {
+                Opened::Event(projected) => event = Some(projected),
+                Opened::Erased => skipped_erased += 1,
+                Opened::Invalid(error) => skip_undecodable(
+                    settings,
+                    counters,
+                    decoded.partition,
+                    decoded.offset,
+                    &format!("{error:#}"),
+                ),
             }
         }
         received.push(Received {
@@ -581,36 +570,6 @@ async fn open_batch(
         );
     }
     Ok(received)
-}
-
-/// Why a message did not become a [`ProjectedEvent`].
-enum Opened {
-    Erased,
-    Transient(CipherError),
-    Invalid(anyhow::Error),
-}
-
-async fn open_message(
-    cipher: &EventCipher,
-    message: &EventMessage,
-) -> Result<ProjectedEvent, Opened> {
-    let mut payload = message.tagged_payload();
-    if let Err(error) = cipher
-        .open_event(&message.aggregate_id, &message.event_type, &mut payload)
-        .await
-    {
-        return Err(if error.is_erased() {
-            Opened::Erased
-        } else if error.is_transient() {
-            Opened::Transient(error)
-        } else {
-            Opened::Invalid(anyhow::Error::new(error).context(format!(
-                "failed to open {} event at position {}",
-                message.event_type, message.position
-            )))
-        });
-    }
-    ProjectedEvent::from_payload(message, payload).map_err(|error| Opened::Invalid(error.into()))
 }
 
 /// Applies `batch` until it succeeds, waiting longer after each failure. Returns `None`

@@ -6,13 +6,17 @@
 //! - [`analytics`]: one MongoDB document per `LocationRecorded` event.
 //! - [`consumer`]: batching, retries, offset commits and partition assignment.
 //! - [`event`]: Kafka messages decoded into domain events.
+//! - [`opener`]: sealed personal fields opened, shared by the consumer and the rebuild.
 //! - [`offsets`]: the `projection_offsets` table.
+//! - [`testing`]: filling the event store directly, for tests and examples.
 
 pub mod analytics;
 pub mod consumer;
 pub mod event;
 pub mod offsets;
+pub mod opener;
 pub mod read_models;
+pub mod testing;
 
 use std::future::Future;
 
@@ -25,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::analytics::AnalyticsProjection;
 use crate::consumer::ConsumerSettings;
 use crate::read_models::publisher::LiveSettings;
+use crate::read_models::rebuild::{self, RebuildOptions, RebuildSummary};
 use crate::read_models::ReadModelProjection;
 
 /// Connections of the PostgreSQL pool that both projections share.
@@ -96,6 +101,45 @@ pub async fn run(
     }
     tracing::info!("projection workers stopped");
     first_error.map_or(Ok(()), Err)
+}
+
+/// Rebuilds the read models from the event store (see [`read_models::rebuild`]) until done
+/// or until `shutdown` completes, which rolls the rebuild back.
+pub async fn rebuild_read_models(
+    settings: Settings,
+    keys: KeySettings,
+    options: RebuildOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<RebuildSummary> {
+    let pool = meridian_event_log::database::connect(
+        &settings.database_url,
+        rebuild::DATABASE_CONNECTIONS,
+    )
+    .await?;
+    let cipher = keys.event_cipher(pool.clone()).await?;
+    let stop = CancellationToken::new();
+    let cancel = stop.clone();
+    let watcher = tokio::spawn(async move {
+        shutdown.await;
+        cancel.cancel();
+    });
+    tracing::info!("rebuilding the read models");
+    let outcome = rebuild::rebuild(&pool, cipher, options, stop).await;
+    watcher.abort();
+    pool.close().await;
+    let summary = outcome.context("failed to rebuild the read models")?;
+    tracing::info!(
+        events = summary.events,
+        seconds = summary.seconds,
+        events_per_second = summary.events_per_second.round(),
+        users = summary.users,
+        history_rows = summary.history_rows,
+        erased_users = summary.erased_users,
+        skipped_erased = summary.skipped_erased,
+        invalid = summary.invalid,
+        "rebuilt the read models"
+    );
+    Ok(summary)
 }
 
 fn task_error(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> Option<anyhow::Error> {

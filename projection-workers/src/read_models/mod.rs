@@ -11,7 +11,9 @@
 //! After the commit, [`publisher`] sends the updates to the query services through Redis.
 
 pub mod fold;
+mod history_copy;
 pub mod publisher;
+pub mod rebuild;
 mod store;
 pub mod updates;
 
@@ -217,7 +219,7 @@ fn without_erased(updates: Vec<NewUpdate>, erased: &[Uuid]) -> Vec<NewUpdate> {
 
 /// Deletes every read-model row of the erased `users`. Runs after the batch's rows are
 /// written, so rows the same batch folded for them are deleted too.
-async fn delete_users(
+pub(crate) async fn delete_users(
     connection: &mut sqlx::PgConnection,
     users: &[Uuid],
 ) -> Result<(), sqlx::Error> {

@@ -210,38 +210,62 @@ async fn insert_history(
     Ok(result.rows_affected())
 }
 
+/// The highest sequence of each aggregate among processed events, for `rm_applied`.
+#[derive(Debug, Default)]
+pub struct AppliedSequences {
+    highest: HashMap<(&'static str, Uuid), i64>,
+}
+
+impl AppliedSequences {
+    /// Counts `event` as processed, whether or not it changed a row.
+    pub fn add(&mut self, event: &ProjectedEvent) {
+        let sequence = self
+            .highest
+            .entry((event.event.aggregate_type(), event.user_id))
+            .or_default();
+        *sequence = (*sequence).max(event.sequence);
+    }
+
+    /// Returns the number of aggregates with a processed event.
+    pub fn aggregate_count(&self) -> usize {
+        self.highest.len()
+    }
+
+    /// Raises the `rm_applied` row of each aggregate to its highest processed sequence.
+    pub async fn store(self, connection: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.highest.is_empty() {
+            return Ok(());
+        }
+        let (keys, sequences): (Vec<_>, Vec<i64>) = self.highest.into_iter().unzip();
+        sqlx::query(
+            "INSERT INTO rm_applied (aggregate_type, aggregate_id, last_sequence)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+             ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+             SET last_sequence = EXCLUDED.last_sequence
+             WHERE rm_applied.last_sequence < EXCLUDED.last_sequence",
+        )
+        .bind(keys.iter().map(|(kind, _)| *kind).collect::<Vec<_>>())
+        .bind(
+            keys.iter()
+                .map(|(_, id)| id.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .bind(sequences)
+        .execute(connection)
+        .await?;
+        Ok(())
+    }
+}
+
 /// Records the highest sequence of each aggregate among `events` in `rm_applied`, whether or
 /// not the event changed a row.
 pub async fn record_applied(
     connection: &mut PgConnection,
     events: &[&ProjectedEvent],
 ) -> Result<(), sqlx::Error> {
-    let mut highest: HashMap<(&'static str, Uuid), i64> = HashMap::new();
+    let mut applied = AppliedSequences::default();
     for event in events {
-        let sequence = highest
-            .entry((event.event.aggregate_type(), event.user_id))
-            .or_default();
-        *sequence = (*sequence).max(event.sequence);
+        applied.add(event);
     }
-    if highest.is_empty() {
-        return Ok(());
-    }
-    let (keys, sequences): (Vec<_>, Vec<i64>) = highest.into_iter().unzip();
-    sqlx::query(
-        "INSERT INTO rm_applied (aggregate_type, aggregate_id, last_sequence)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
-         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
-         SET last_sequence = EXCLUDED.last_sequence
-         WHERE rm_applied.last_sequence < EXCLUDED.last_sequence",
-    )
-    .bind(keys.iter().map(|(kind, _)| *kind).collect::<Vec<_>>())
-    .bind(
-        keys.iter()
-            .map(|(_, id)| id.to_string())
-            .collect::<Vec<_>>(),
-    )
-    .bind(sequences)
-    .execute(connection)
-    .await?;
-    Ok(())
+    applied.store(connection).await
 }
