@@ -33,7 +33,7 @@ pub async fn seal_messages(
 /// a data key, and `UserErased` destroys it. Registrations and email changes get a made-up
 /// `email_index`, which the triggers require.
 pub async fn store_events(pool: &PgPool, messages: &[EventMessage]) -> Result<(), sqlx::Error> {
-    for chunk in messages.chunks(EVENTS_PER_INSERT) {
+    for chunk in insert_chunks(messages) {
         let metadata: Vec<Value> = chunk
             .iter()
             .map(|message| match message.event_type.as_str() {
@@ -63,6 +63,32 @@ pub async fn store_events(pool: &PgPool, messages: &[EventMessage]) -> Result<()
         .await?;
     }
     Ok(())
+}
+
+/// Splits `messages` into the runs that one `INSERT` stores: at most [`EVENTS_PER_INSERT`]
+/// each, and every `UserErased` event alone. The key check of profile and location events
+/// runs once per statement, after all of its rows, so an erase in the same statement as
+/// earlier events of its user would reject them, where a command service commit of those
+/// events before the erase succeeds.
+fn insert_chunks(messages: &[EventMessage]) -> Vec<&[EventMessage]> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    for (index, message) in messages.iter().enumerate() {
+        if message.event_type == "UserErased" {
+            if start < index {
+                chunks.push(&messages[start..index]);
+            }
+            chunks.push(&messages[index..=index]);
+            start = index + 1;
+        }
+    }
+    if start < messages.len() {
+        chunks.push(&messages[start..]);
+    }
+    chunks
+        .into_iter()
+        .flat_map(|chunk| chunk.chunks(EVENTS_PER_INSERT))
+        .collect()
 }
 
 fn column<T>(messages: &[EventMessage], value: impl Fn(&EventMessage) -> T) -> Vec<T> {
