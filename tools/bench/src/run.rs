@@ -43,8 +43,16 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         .clone()
         .unwrap_or_else(std::env::temp_dir)
         .join(run_name.replace('_', "-"));
+    // The services run in the run directory, so a relative path would not reach them.
+    let bin_dir = std::fs::canonicalize(&options.bin_dir).with_context(|| {
+        format!(
+            "the binary directory {} does not exist; build with `cargo build --release \
+             --workspace --bins` or pass --bin-dir",
+            options.bin_dir.display()
+        )
+    })?;
     let settings = StackSettings {
-        bin_dir: options.bin_dir.clone(),
+        bin_dir,
         postgres_url: options.postgres_url.clone(),
         run_name,
         run_dir,
