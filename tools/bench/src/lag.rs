@@ -3,7 +3,7 @@
 //!
 //! The read-models projection records the last sequence it applied per aggregate in
 //! `rm_applied`, in the transaction that changes the read models. A poller reads the rows
-//! of the phase's users every poll interval; a command counts as shown at the start of the
+//! of the phase's users every poll interval. A command counts as shown at the start of the
 //! first poll whose `last_sequence` reaches the command's last sequence. The row was not
 //! there at the start of the poll before, so the error is at most one poll interval plus
 //! one query's duration, and the poller reports the largest gap between two polls.

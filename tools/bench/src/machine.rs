@@ -6,7 +6,7 @@ use std::process::Command;
 use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
 
-/// Where and when a run took place.
+/// The machine, date and commit of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
     /// Logical processors available to this process.

@@ -67,7 +67,7 @@ mod tests {
     }
 
     #[test]
-    fn slots_within_a_second_add_up_to_the_rate() {
+    fn one_second_holds_the_rate() {
         let schedule = Schedule::for_rate(2000.0, 10, 8);
         let total: usize = (0..8)
             .map(|client| schedule.commands_within(client, Duration::from_secs(1)))

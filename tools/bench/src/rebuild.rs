@@ -30,7 +30,7 @@ pub struct RebuildLine {
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum RebuildResult {
     Measured {
-        /// What the rebuild printed.
+        /// The line the rebuild printed.
         reported: RebuildLine,
         /// Wall-clock time of the process, start to exit, as the harness saw it.
         process_seconds: f64,

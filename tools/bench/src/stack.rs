@@ -2,9 +2,9 @@
 //! with a database, topic prefix and MongoDB database of its own.
 //!
 //! [`Stack::start`] creates a run directory with a master key file, a token key file and a
-//! random admin password, starts the command service alone (it creates the database and
-//! applies the migrations), then the outbox relay, the projection workers and one query
-//! service. [`Stack::shutdown`] stops them, drops the database and the MongoDB database and
+//! random admin password. It starts the command service alone, because that creates the
+//! database and applies the migrations, then the outbox relay, the projection workers and
+//! one query service. [`Stack::shutdown`] stops them, drops the database and the MongoDB database and
 //! deletes the key files. The logs stay in the run directory.
 
 use std::collections::BTreeMap;
@@ -22,7 +22,7 @@ use crate::memory::MemoryUsage;
 
 /// Email of the admin that the command service creates at start.
 pub const ADMIN_EMAIL: &str = "bench-admin@bench.example";
-/// Time each HTTP service gets to answer `GET /healthz` after it starts.
+/// Time each HTTP service gets to return 200 from `GET /healthz` after it starts.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time the workers must stay alive after start. A worker with a bad connection setting
 /// usually exits within it.
@@ -41,7 +41,7 @@ pub const SERVICES: [&str; 4] = [
     "query-service",
 ];
 
-/// Where the services and the run's data live.
+/// Locations of the binaries, the database and the run's files.
 #[derive(Debug, Clone)]
 pub struct StackSettings {
     /// Directory with the release binaries.

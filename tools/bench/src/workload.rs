@@ -124,7 +124,7 @@ pub struct Batch {
 }
 
 /// Splits time-ordered `reports` into each client's commands. A vessel's batch is complete
-/// once it holds `batch_size` reports and then joins its client's list, so every client
+/// once it contains `batch_size` reports and then joins its client's list, so every client
 /// sends in the order in which its batches filled up. Partial batches follow at the end.
 pub fn plan_batches(
     reports: &[TimedReport],
