@@ -50,6 +50,8 @@ pub struct Goal {
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Report {
+    /// Name of the run's database and MongoDB database; the topic prefix is derived from it.
+    pub run_name: String,
     pub machine: Option<Machine>,
     pub bounds: Option<Bounds>,
     pub load_average_end: String,
@@ -166,6 +168,28 @@ impl Report {
         if let Some(machine) = &self.machine {
             sections.push(render_machine(machine, &self.load_average_end));
         }
+        sections.extend(self.phase_sections());
+        if !self.memory.is_empty() {
+            sections.push(render_memory(&self.memory));
+        }
+        sections.push(render_goals(&self.goals));
+        if !self.problems.is_empty() {
+            let lines: Vec<String> = self
+                .problems
+                .iter()
+                .map(|line| format!("- {line}"))
+                .collect();
+            sections.push(format!("PROBLEMS\n{}", lines.join("\n")));
+        }
+        if let Some(logs) = &self.logs {
+            sections.push(format!("Service logs: {logs}"));
+        }
+        sections.join("\n\n") + "\n"
+    }
+
+    /// Renders the workload and each phase that ran, in run order.
+    fn phase_sections(&self) -> Vec<String> {
+        let mut sections = Vec::new();
         if let Some(workload) = &self.workload {
             sections.push(format!(
                 "Workload: {} ({} valid reports); {} vessels, {} reports in time order.",
@@ -178,6 +202,9 @@ impl Report {
                 registration.users, registration.seconds
             ));
         }
+        if let Some(lag) = &self.lag {
+            sections.push(render_lag(lag));
+        }
         if !self.ingest.is_empty() {
             sections.push(render_ingest(&self.ingest));
         }
@@ -186,9 +213,6 @@ impl Report {
         }
         if let Some(naive) = &self.naive {
             sections.push(render_naive(naive));
-        }
-        if let Some(lag) = &self.lag {
-            sections.push(render_lag(lag));
         }
         if let Some(drain) = &self.drain {
             sections.push(format!(
@@ -206,22 +230,7 @@ impl Report {
         if let Some(rebuild) = &self.rebuild {
             sections.push(render_rebuild(rebuild));
         }
-        if !self.memory.is_empty() {
-            sections.push(render_memory(&self.memory));
-        }
-        sections.push(render_goals(&self.goals));
-        if !self.problems.is_empty() {
-            let lines: Vec<String> = self
-                .problems
-                .iter()
-                .map(|line| format!("- {line}"))
-                .collect();
-            sections.push(format!("PROBLEMS\n{}", lines.join("\n")));
-        }
-        if let Some(logs) = &self.logs {
-            sections.push(format!("Service logs: {logs}"));
-        }
-        sections.join("\n\n") + "\n"
+        sections
     }
 }
 

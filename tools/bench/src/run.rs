@@ -37,7 +37,13 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     };
 
     let workload = Workload::load(&options.file, bounds.vessels)?;
-    let run_name = format!("meridian_bench_{}", std::process::id());
+    // The random part keeps two runs in one process, such as two tests, apart.
+    let run_name = format!(
+        "meridian_bench_{}_{}",
+        std::process::id(),
+        &Uuid::new_v4().simple().to_string()[..6]
+    );
+    report.run_name = run_name.clone();
     let run_dir = options
         .work_dir
         .clone()
