@@ -24,6 +24,8 @@ pub struct ServiceMemory {
     pub service: String,
     /// `VmRSS` after start, before any load.
     pub idle: Option<MemoryUsage>,
+    /// `VmRSS` after the users are registered, each with an argon2id hash, before any phase.
+    pub after_registration: Option<MemoryUsage>,
     /// `VmRSS` once the load has drained, or the drain time has passed.
     pub after_load: Option<MemoryUsage>,
     /// `VmHWM` at the end, before the service is stopped.
@@ -484,6 +486,7 @@ fn render_memory(memory: &[ServiceMemory]) -> String {
             vec![
                 service.service.clone(),
                 cell(service.idle, false),
+                cell(service.after_registration, false),
                 cell(service.after_load, false),
                 cell(service.at_end, true),
             ]
@@ -492,7 +495,13 @@ fn render_memory(memory: &[ServiceMemory]) -> String {
     format!(
         "MEMORY (MB = 10^6 bytes)\n{}",
         table(
-            &["service", "idle RSS", "RSS after load", "peak (VmHWM)"],
+            &[
+                "service",
+                "idle RSS",
+                "RSS after registration",
+                "RSS after load",
+                "peak (VmHWM)",
+            ],
             &rows
         )
     )

@@ -158,6 +158,9 @@ async fn run_phases(
         Some(client) => register_all(client, options, workload, report).await?,
         None => Users::default(),
     };
+    if let Some(stack) = stack.as_deref() {
+        record_memory(stack, report, MemoryMoment::AfterRegistration);
+    }
 
     if let (true, Some(client)) = (options.runs(Phase::Lag), &client) {
         eprintln!(
@@ -406,6 +409,7 @@ async fn wait_for_drain(client: &BenchClient, limit: Duration) -> anyhow::Result
 #[derive(Clone, Copy)]
 enum MemoryMoment {
     Idle,
+    AfterRegistration,
     AfterLoad,
     AtEnd,
 }
@@ -427,6 +431,7 @@ fn record_memory(stack: &Stack, report: &mut Report, moment: MemoryMoment) {
                 report.memory.push(ServiceMemory {
                     service: name.to_owned(),
                     idle: None,
+                    after_registration: None,
                     after_load: None,
                     at_end: None,
                 });
@@ -436,6 +441,7 @@ fn record_memory(stack: &Stack, report: &mut Report, moment: MemoryMoment) {
         let entry = &mut report.memory[position];
         match moment {
             MemoryMoment::Idle => entry.idle = usage,
+            MemoryMoment::AfterRegistration => entry.after_registration = usage,
             MemoryMoment::AfterLoad => entry.after_load = usage,
             MemoryMoment::AtEnd => entry.at_end = usage,
         }
