@@ -16,7 +16,7 @@ use reqwest::header::CONTENT_TYPE;
 use serde::Deserialize;
 use uuid::Uuid;
 
-/// Password of every registered benchmark user; nobody logs in as them.
+/// Password of every registered benchmark user. The harness never logs in as these users.
 const USER_PASSWORD: &str = "meridian bench user password";
 /// Registrations in flight at once. Each hashes a password with argon2id, which keeps a core
 /// busy, so more would only queue in the command service.

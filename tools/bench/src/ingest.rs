@@ -1,5 +1,5 @@
-//! Durable ingest through the command API: every client sends its vessels' reports as fast
-//! as the command service answers, one command in flight per client, and afterwards the
+//! Durable ingest through the command API. Every client sends its vessels' reports as fast
+//! as the command service responds, one command in flight per client. After the case, the
 //! events in the store are counted for the case's users.
 
 use std::collections::HashMap;
@@ -33,7 +33,7 @@ pub struct CaseResult {
     pub commands_accepted: u64,
     pub commands_failed: u64,
     pub reports_sent: u64,
-    /// Events that the 2xx responses say they stored.
+    /// Sum of `stored` over the 2xx responses.
     pub events_acknowledged: u64,
     /// Location events of the case's users in the `events` table after the case.
     pub events_in_store: u64,

@@ -368,6 +368,7 @@ fn service_env(
         "MERIDIAN_COMMAND_PUBLIC_URL",
         format!("http://{command_address}"),
     );
+
     set("MERIDIAN_KEY_PROVIDER", "local".to_owned());
     set(
         "MERIDIAN_MASTER_KEY_FILE",
@@ -382,8 +383,10 @@ fn service_env(
         "MERIDIAN_ADMIN_PASSWORD_FILE",
         settings.admin_password_file().display().to_string(),
     );
+
     set("MERIDIAN_RATE_LIMIT_PER_ADDRESS", RATE_LIMIT.to_owned());
     set("MERIDIAN_RATE_LIMIT_PER_USER", RATE_LIMIT.to_owned());
+
     // The addresses of the shared servers pass through from this process.
     for name in [
         "MERIDIAN_KAFKA_BROKERS",
