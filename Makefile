@@ -23,7 +23,7 @@ ifdef MERIDIAN_MOTO_PORT
 export MERIDIAN_KMS_ENDPOINT ?= http://127.0.0.1:$(MERIDIAN_MOTO_PORT)
 endif
 
-.PHONY: help up down demo import test lint status reset bench-live
+.PHONY: help up down demo import test lint status reset bench-live bench
 
 help: ## List the targets
 	@echo "Targets:"
@@ -91,3 +91,10 @@ bench-live: ## Measure live-update latency and idle-socket memory of the running
 	$(LIVE_BENCH) sockets --command-url http://$(BENCH_COMMAND_ADDR) \
 		--socket-url http://$(BENCH_SOCKET_ADDR) \
 		--pid-file $(or $(MERIDIAN_STACK_DIR),.stack)/run/query-service.pid $(SOCKETS_ARGS)
+
+RELEASE_DIR := $(or $(CARGO_TARGET_DIR),target)/release
+
+bench: ## Start services of its own on the local stack and measure ingest, lag, rebuild, memory
+	$(CARGO) build --release --workspace --bins
+	infra/stack.sh start
+	$(RELEASE_DIR)/meridian-bench --bin-dir $(RELEASE_DIR) $(BENCH_ARGS)
