@@ -12,6 +12,7 @@
 //! when it was issued, so a change of role takes effect at the next refresh.
 
 pub mod keys;
+pub mod password;
 pub mod rate_limit;
 pub mod refresh;
 pub mod settings;
@@ -19,13 +20,10 @@ pub mod token;
 
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use chrono::{DateTime, Utc};
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
@@ -33,7 +31,6 @@ pub use meridian_domain::user::Role;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tracing::{info, warn};
-use uuid::Uuid;
 
 use crate::keys::KeyStore;
 use crate::rate_limit::{Decision, Limit, RateLimiter};
@@ -347,7 +344,7 @@ impl Auth {
             .await?;
 
         let account = accounts.by_email(email).await?;
-        let verified = verify_password(
+        let verified = password::verify(
             account
                 .as_ref()
                 .map(|account| account.password_hash.clone()),
@@ -470,33 +467,6 @@ fn email_key(email: &str) -> String {
         .iter()
         .map(|byte| format!("{byte:02x}"))
         .collect()
-}
-
-/// An argon2id hash of a random password, checked when the account does not exist so that
-/// a wrong email costs as long as a wrong password.
-static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(Uuid::new_v4().as_bytes(), &salt)
-        .map(|hash| hash.to_string())
-        .unwrap_or_default()
-});
-
-/// Checks `password` against `hash` (or the dummy hash) on the blocking pool.
-async fn verify_password(hash: Option<String>, password: String) -> Result<bool, AuthError> {
-    let known = hash.is_some();
-    let verified = tokio::task::spawn_blocking(move || {
-        let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
-        let Ok(parsed) = PasswordHash::new(&hash) else {
-            return false;
-        };
-        Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
-    })
-    .await
-    .context("password check task failed")?;
-    Ok(known && verified)
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@ use std::sync::Mutex;
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHasher, SaltString};
+use argon2::Argon2;
 use meridian_event_log::testing::TestDatabase;
+use uuid::Uuid;
 
 use super::*;
 use crate::keys::KeyFile;

@@ -38,7 +38,7 @@ use axum::Router;
 use chrono::{SecondsFormat, Utc};
 use clap::Parser;
 use meridian_auth::keys::{KeyFile, KeyStore};
-use meridian_command_service::commands::password::hash_password;
+use meridian_auth::password;
 use meridian_command_service::settings::DEFAULT_MAX_CONNECTIONS;
 use meridian_command_service::{router, AppState};
 use meridian_crypto::testing::TestKeys;
@@ -393,7 +393,7 @@ async fn time_hashing(
         let hashes = (client..count).step_by(clients).count();
         tasks.spawn(async move {
             for _ in 0..hashes {
-                hash_password(PASSWORD.to_owned()).await?;
+                password::hash(PASSWORD.to_owned()).await?;
             }
             anyhow::Ok(())
         });

@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use meridian_auth::password;
 use meridian_auth::{Account, Accounts, AuthError, Caller, Role, Session};
 use meridian_domain::field::Email;
 use meridian_domain::user::{User, UserCommand};
@@ -24,7 +25,6 @@ use uuid::Uuid;
 use super::error::{ApiError, ErrorBody};
 use super::extract::JsonBody;
 use super::AppState;
-use crate::commands::password::hash_password;
 use crate::commands::{with_retries, Actor, EventMetadata};
 
 /// The caller of a request, stored in its extensions by [`authenticate`].
@@ -301,7 +301,7 @@ pub async fn bootstrap_admin(
         Some(user_id) => user_id,
         None => {
             let user_id = Uuid::new_v4().to_string();
-            let password_hash = hash_password(admin.password.expose().to_owned()).await?;
+            let password_hash = password::hash(admin.password.expose().to_owned()).await?;
             let command = UserCommand::Register {
                 email: email.clone(),
                 name: meridian_domain::field::UserName::parse("name", "Administrator")

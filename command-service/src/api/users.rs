@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use chrono::Utc;
+use meridian_auth::password;
 use meridian_auth::refresh::RevokeReason;
 use meridian_auth::{AuthError, Caller};
 use meridian_domain::field::{check_password, Email, UserName};
@@ -17,7 +18,6 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, RequestOrigin, UserId};
 use super::idempotency::IdempotencyKey;
 use super::{event_metadata, AppState};
-use crate::commands::password::hash_password;
 use crate::commands::{with_retries, CommandError, Committed};
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -131,7 +131,7 @@ pub async fn register_user(
     check_password("password", &request.password)?;
 
     let user_id = Uuid::new_v4().to_string();
-    let password_hash = hash_password(request.password).await?;
+    let password_hash = password::hash(request.password).await?;
     let metadata = event_metadata(origin, idempotency_key, received_at);
     let command = UserCommand::Register {
         email: email.clone(),
@@ -203,7 +203,7 @@ pub async fn update_user(
         commands.push(UserCommand::ChangeEmail { email });
     }
     if let Some(password) = changes.password {
-        let password_hash = hash_password(password).await?;
+        let password_hash = password::hash(password).await?;
         commands.push(UserCommand::ChangePassword { password_hash });
     }
     if let Some(role) = changes.role {

@@ -7,7 +7,6 @@
 //! race.
 
 pub mod history;
-pub mod password;
 mod retry;
 pub mod sealed;
 
