@@ -135,6 +135,13 @@ pub struct Options {
     #[arg(long, default_value_t = 5)]
     pub lag_poll_ms: u64,
 
+    /// Keep the outbox relay and the projection workers running during the ingest,
+    /// physical and naive phases. By default they are paused (SIGSTOP) then and resumed
+    /// before the drain, so that the broker and the workers do not take the CPU of the
+    /// write path being measured.
+    #[arg(long)]
+    pub pipeline_during_ingest: bool,
+
     /// Time to wait for the outbox and the read models to catch up after the load, before
     /// the memory is read and the rebuild starts, in seconds [120; quick: 15].
     #[arg(long)]

@@ -61,6 +61,9 @@ pub struct Report {
     pub registration: Option<Registration>,
     pub lag: Option<LagResult>,
     pub ingest: Vec<CaseResult>,
+    /// Whether the outbox relay and the projection workers were paused during the ingest,
+    /// physical and naive phases.
+    pub pipeline_paused_during_ingest: bool,
     pub physical: Option<PhysicalResult>,
     pub naive: Option<NaiveResult>,
     pub drain: Option<Drain>,
@@ -117,15 +120,18 @@ impl Report {
                 "ingest, {} clients, batch {}",
                 case.clients, case.batch_size
             );
-            goals.push(ratio_goal(
-                format!(
-                    "{label} >= 1/2 of batched INSERT ({} connections)",
-                    insert_64.map_or(0, |(connections, _)| connections)
-                ),
-                case.events_per_second,
-                insert_64.map(|(_, rate)| rate),
-                0.5,
-            ));
+            // The reference writes 100 rows per commit, so only batched ingest compares.
+            if case.batch_size > 1 {
+                goals.push(ratio_goal(
+                    format!(
+                        "{label} >= 1/2 of batched INSERT ({} connections)",
+                        insert_64.map_or(0, |(connections, _)| connections)
+                    ),
+                    case.events_per_second,
+                    insert_64.map(|(_, rate)| rate),
+                    0.5,
+                ));
+            }
             goals.push(ratio_goal(
                 format!("{label} >= 5x the naive baseline"),
                 case.events_per_second,
@@ -208,7 +214,10 @@ impl Report {
             sections.push(render_lag(lag));
         }
         if !self.ingest.is_empty() {
-            sections.push(render_ingest(&self.ingest));
+            sections.push(render_ingest(
+                &self.ingest,
+                self.pipeline_paused_during_ingest,
+            ));
         }
         if let Some(physical) = &self.physical {
             sections.push(render_physical(physical));
@@ -290,7 +299,7 @@ fn latency_cells(latency: &Option<Latency>) -> [String; 2] {
     }
 }
 
-fn render_ingest(cases: &[CaseResult]) -> String {
+fn render_ingest(cases: &[CaseResult], pipeline_paused: bool) -> String {
     let rows: Vec<Vec<String>> = cases
         .iter()
         .map(|case| {
@@ -330,8 +339,13 @@ fn render_ingest(cases: &[CaseResult]) -> String {
         "p50",
         "p99",
     ];
+    let pipeline = if pipeline_paused {
+        "outbox relay and projection workers paused"
+    } else {
+        "outbox relay and projection workers running"
+    };
     format!(
-        "INGEST (command API, 2xx events counted in the store)\n{}",
+        "INGEST (command API, 2xx events counted in the store; {pipeline})\n{}",
         table(&header, &rows)
     )
 }

@@ -196,6 +196,17 @@ async fn run_phases(
         }
     }
 
+    let mut stack = stack;
+    let pause = !options.pipeline_during_ingest
+        && [Phase::Ingest, Phase::Physical, Phase::Naive]
+            .into_iter()
+            .any(|phase| options.runs(phase));
+    if let (true, Some(stack)) = (pause, stack.as_deref_mut()) {
+        eprintln!("pausing the outbox relay and the projection workers");
+        pause_pipeline(stack, true)?;
+    }
+    report.pipeline_paused_during_ingest = pause && stack.is_some();
+
     if let (true, Some(client)) = (options.runs(Phase::Ingest), &client) {
         run_ingest(client, pool, options, bounds, workload, &users, report).await;
     }
@@ -242,6 +253,10 @@ async fn run_phases(
     let (Some(stack), Some(client)) = (stack, &client) else {
         return Ok(());
     };
+    if pause {
+        eprintln!("resuming the outbox relay and the projection workers");
+        pause_pipeline(stack, false)?;
+    }
     eprintln!(
         "waiting up to {} s for the pipeline to drain",
         bounds.drain_seconds
@@ -258,10 +273,22 @@ async fn run_phases(
     if options.runs(Phase::Rebuild) {
         eprintln!("rebuild");
         stack.stop("projection-workers").await?;
+        if pause {
+            // The relay would otherwise keep the broker busy with the backlog of the load.
+            stack.signal("outbox-relay", true)?;
+        }
         match rebuild::run(stack, Duration::from_secs(bounds.rebuild_seconds)).await {
             Ok(result) => report.rebuild = Some(result),
             Err(error) => report.problems.push(format!("rebuild failed: {error:#}")),
         }
+    }
+    Ok(())
+}
+
+/// Pauses or resumes the processes downstream of the event store.
+fn pause_pipeline(stack: &mut Stack, pause: bool) -> anyhow::Result<()> {
+    for name in ["outbox-relay", "projection-workers"] {
+        stack.signal(name, pause)?;
     }
     Ok(())
 }

@@ -283,6 +283,23 @@ impl Stack {
             .collect()
     }
 
+    /// Pauses (`SIGSTOP`) or resumes (`SIGCONT`) service `name`. A paused process keeps its
+    /// memory and its peak, and takes no CPU.
+    pub fn signal(&mut self, name: &str, pause: bool) -> anyhow::Result<()> {
+        let service = self.service_mut(name)?;
+        let pid = libc::pid_t::try_from(service.pid).context("pid out of range")?;
+        let signal = if pause { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill(2) with the pid of a child that has not been reaped yet, so the pid
+        // cannot belong to another process.
+        let sent = unsafe { libc::kill(pid, signal) };
+        anyhow::ensure!(
+            sent == 0,
+            "failed to signal {name}: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(())
+    }
+
     /// Stops service `name` with SIGTERM, or SIGKILL after the grace time.
     pub async fn stop(&mut self, name: &str) -> anyhow::Result<()> {
         let position = self
@@ -318,7 +335,8 @@ impl Stack {
     }
 }
 
-/// Sends SIGTERM and waits up to [`STOP_GRACE`], then kills the process.
+/// Sends SIGTERM, and SIGCONT in case the process is paused, waits up to [`STOP_GRACE`],
+/// then kills the process.
 async fn stop_child(mut service: Service) -> anyhow::Result<()> {
     if service.child.try_wait()?.is_some() {
         return Ok(());
@@ -328,6 +346,7 @@ async fn stop_child(mut service: Service) -> anyhow::Result<()> {
     // belong to another process.
     unsafe {
         libc::kill(pid, libc::SIGTERM);
+        libc::kill(pid, libc::SIGCONT);
     }
     match tokio::time::timeout(STOP_GRACE, service.child.wait()).await {
         Ok(status) => status.map(drop).context("waiting for the service failed"),
