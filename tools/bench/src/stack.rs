@@ -199,6 +199,19 @@ impl Stack {
             .current_dir(&self.settings.run_dir)
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        // The services get SIGTERM when the harness dies, so a harness killed by a signal
+        // leaves no service holding database connections.
+        // SAFETY: the closure runs in the child between fork and exec and only calls
+        // prctl(2), which is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
         command
     }
 
