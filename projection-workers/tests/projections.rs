@@ -767,6 +767,30 @@ async fn duplicate_delivery_is_ignored() {
 }
 
 #[tokio::test]
+async fn late_location_copy_is_ignored() {
+    with_stack(|stack| async move {
+        let mut log = EventLog::default();
+        let user = Uuid::new_v4();
+        let registered = log.registered(user, "ada@ais.example");
+        let fix = log.location(user, 1.0, 10);
+        stack.produce(&[registered, fix.clone()]).await;
+        let running = Running::read_models(&stack);
+        stack.wait_until_consumed(read_models::PROJECTION, 2).await;
+
+        // A copy of the fix, as a relay that published it twice, reaches a batch of its own.
+        stack.produce(&[fix]).await;
+        stack.wait_until_consumed(read_models::PROJECTION, 3).await;
+        let counters = running.stop().await;
+
+        assert_eq!(counters.applied, 2);
+        assert_eq!(counters.already_applied, 1);
+        assert_eq!(stack.count("rm_location_history").await, 1);
+        assert_eq!(stack.count("rm_updates").await, 2);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn undecodable_messages_are_skipped() {
     with_stack(|stack| async move {
         let mut log = EventLog::default();

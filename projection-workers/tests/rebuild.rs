@@ -51,6 +51,16 @@ struct Stack {
 }
 
 impl Stack {
+    /// Seals and stores [`mixed_history`] for three new users. Returns the log, to extend
+    /// the history, the users and the stored events.
+    async fn store_mixed_history(&self) -> (EventLog, [Uuid; 3], Vec<EventMessage>) {
+        let mut log = EventLog::default();
+        let users = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
+        let sealed = self.seal(&mixed_history(&mut log, users)).await;
+        self.store(&sealed).await;
+        (log, users, sealed)
+    }
+
     async fn cipher(&self) -> EventCipher {
         self.keys
             .event_cipher(self.pool.clone())
@@ -344,10 +354,7 @@ fn mixed_history(log: &mut EventLog, users: [Uuid; 3]) -> Vec<EventMessage> {
 #[tokio::test]
 async fn rebuild_matches_live_projection() {
     with_stack(|stack| async move {
-        let mut log = EventLog::default();
-        let users = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
-        let sealed = stack.seal(&mixed_history(&mut log, users)).await;
-        stack.store(&sealed).await;
+        let (_, _, sealed) = stack.store_mixed_history().await;
         // The relay published the user and profile events twice, as after a crash before
         // it deleted their outbox rows.
         let mut published = sealed.clone();
@@ -378,10 +385,7 @@ async fn rebuild_matches_live_projection() {
 #[tokio::test]
 async fn rebuild_replaces_existing_rows() {
     with_stack(|stack| async move {
-        let mut log = EventLog::default();
-        let users = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
-        let sealed = stack.seal(&mixed_history(&mut log, users)).await;
-        stack.store(&sealed).await;
+        stack.store_mixed_history().await;
         stack.rebuild().await.expect("first rebuild");
         let first = stack.dump().await;
         // Rows no event explains, and rows that disagree with the events.
@@ -404,10 +408,7 @@ async fn rebuild_replaces_existing_rows() {
 #[tokio::test]
 async fn failed_rebuild_keeps_old_read_model() {
     with_stack(|stack| async move {
-        let mut log = EventLog::default();
-        let users = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
-        let sealed = stack.seal(&mixed_history(&mut log, users)).await;
-        stack.store(&sealed).await;
+        let (mut log, users, _) = stack.store_mixed_history().await;
         stack.rebuild().await.expect("first rebuild");
         let before = stack.dump().await;
         // The new events are many, so the failing row arrives in a later COPY chunk than
@@ -443,10 +444,7 @@ async fn failed_rebuild_keeps_old_read_model() {
 #[tokio::test]
 async fn cancelled_rebuild_keeps_old_read_model() {
     with_stack(|stack| async move {
-        let mut log = EventLog::default();
-        let users = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
-        let sealed = stack.seal(&mixed_history(&mut log, users)).await;
-        stack.store(&sealed).await;
+        stack.store_mixed_history().await;
         stack.rebuild().await.expect("first rebuild");
         let before = stack.dump().await;
         // Holding a lock on `events` stops the rebuild's reader after the truncation.
@@ -521,10 +519,7 @@ async fn second_rebuild_is_rejected() {
 #[tokio::test]
 async fn live_projection_resumes_after_rebuild() {
     with_stack(|stack| async move {
-        let mut log = EventLog::default();
-        let users = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
-        let applied = stack.seal(&mixed_history(&mut log, users)).await;
-        stack.store(&applied).await;
+        let (mut log, users, applied) = stack.store_mixed_history().await;
         stack.produce(&applied).await;
         stack.run_live_until(applied.len()).await;
         // Stored while the projection was stopped, so only the rebuild saw them so far.
@@ -571,10 +566,7 @@ async fn live_projection_resumes_after_rebuild() {
 #[tokio::test]
 async fn rebuild_command_prints_summary() {
     with_stack(|stack| async move {
-        let mut log = EventLog::default();
-        let users = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
-        let sealed = stack.seal(&mixed_history(&mut log, users)).await;
-        stack.store(&sealed).await;
+        let (_, _, sealed) = stack.store_mixed_history().await;
 
         let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_projection-workers"))
             .arg("rebuild-read-models")

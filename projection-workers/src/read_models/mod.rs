@@ -17,7 +17,7 @@ pub mod rebuild;
 mod store;
 pub mod updates;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -143,14 +143,15 @@ pub async fn apply_batch(pool: &PgPool, batch: &Batch) -> anyhow::Result<Applied
     for event in &unseen.events {
         if event.event_type == consumer::ERASED_EVENT {
             erased.push(event.user_id);
-            new_updates.extend(updates::update_for(event));
+            new_updates.extend(updates::update_for(event).map(|update| (event.event_id, update)));
             outcome.applied += 1;
             continue;
         }
         match rows.fold(event) {
             Folded::Applied => {
                 outcome.applied += 1;
-                new_updates.extend(updates::update_for(event));
+                new_updates
+                    .extend(updates::update_for(event).map(|update| (event.event_id, update)));
             }
             Folded::AlreadyApplied => outcome.already_applied += 1,
             Folded::UnknownUser => tracing::error!(
@@ -164,13 +165,23 @@ pub async fn apply_batch(pool: &PgPool, batch: &Batch) -> anyhow::Result<Applied
         }
     }
 
-    let new_history = store::write_rows(&mut transaction, &rows)
+    let new_history_ids = store::write_rows(&mut transaction, &rows)
         .await
         .context("failed to write read-model rows")?;
-    // History rows that an earlier batch already stored were counted as applied.
-    let stored_before = u64::try_from(rows.history.len())
-        .unwrap_or(u64::MAX)
-        .saturating_sub(new_history);
+    // History rows that an earlier batch already stored (copies of an event published
+    // twice) were counted as applied, and their live updates exist already.
+    let stored_before: HashSet<Uuid> = rows
+        .history
+        .iter()
+        .map(|row| row.event_id)
+        .filter(|event_id| !new_history_ids.contains(event_id))
+        .collect();
+    let new_updates: Vec<NewUpdate> = new_updates
+        .into_iter()
+        .filter(|(event_id, _)| !stored_before.contains(event_id))
+        .map(|(_, update)| update)
+        .collect();
+    let stored_before = u64::try_from(stored_before.len()).unwrap_or(u64::MAX);
     outcome.applied -= stored_before.min(outcome.applied);
     outcome.already_applied += stored_before;
     delete_users(&mut transaction, &erased)

@@ -1,6 +1,6 @@
 //! Loading and writing the read-model rows of one batch, with one statement per table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -56,12 +56,12 @@ fn by_user<T>(rows: Vec<T>, key: impl Fn(&T) -> Uuid) -> HashMap<Uuid, T> {
     rows.into_iter().map(|row| (key(&row), row)).collect()
 }
 
-/// Writes the changed rows and inserts the new history rows. Returns how many history
-/// rows were new; the others were already stored by an earlier batch.
+/// Writes the changed rows and inserts the new history rows. Returns the event ids of the
+/// history rows that were new; the others were already stored by an earlier batch.
 pub async fn write_rows(
     connection: &mut PgConnection,
     rows: &ReadModelRows,
-) -> Result<u64, sqlx::Error> {
+) -> Result<HashSet<Uuid>, sqlx::Error> {
     let users: Vec<&UserRow> = rows
         .changed_users
         .iter()
@@ -187,16 +187,17 @@ async fn upsert_latest_locations(
 async fn insert_history(
     connection: &mut PgConnection,
     rows: &[HistoryRow],
-) -> Result<u64, sqlx::Error> {
+) -> Result<HashSet<Uuid>, sqlx::Error> {
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(HashSet::new());
     }
-    let result = sqlx::query(
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO rm_location_history (event_id, user_id, sequence, latitude, longitude,
                                           recorded_at, position)
          SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::double precision[],
                               $5::double precision[], $6::timestamptz[], $7::bigint[])
-         ON CONFLICT (event_id) DO NOTHING",
+         ON CONFLICT (event_id) DO NOTHING
+         RETURNING event_id",
     )
     .bind(rows.iter().map(|row| row.event_id).collect::<Vec<_>>())
     .bind(rows.iter().map(|row| row.user_id).collect::<Vec<_>>())
@@ -205,9 +206,9 @@ async fn insert_history(
     .bind(rows.iter().map(|row| row.longitude).collect::<Vec<_>>())
     .bind(rows.iter().map(|row| row.recorded_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|row| row.position).collect::<Vec<_>>())
-    .execute(connection)
+    .fetch_all(connection)
     .await?;
-    Ok(result.rows_affected())
+    Ok(inserted.into_iter().collect())
 }
 
 /// The highest sequence of each aggregate among processed events, for `rm_applied`.
