@@ -247,7 +247,6 @@ where
             .await
             .map_err(|error| store_error::<A>(error, aggregate_id))?;
         let base_sequence = context.current_sequence;
-        let loaded_snapshot = context.current_snapshot;
 
         // `EventSink::write` applies each event to the aggregate it is given, so after the
         // commands ran, `aggregate` is the state after the commit.
@@ -275,7 +274,6 @@ where
                 state: serde_json::to_value(&aggregate)
                     .context("failed to serialize the aggregate for its snapshot")?,
                 last_sequence: base_sequence + count,
-                loaded_version: loaded_snapshot,
             }),
             false => None,
         };

@@ -147,8 +147,8 @@ impl SealedRepository {
     ///
     /// postgres-es's own `persist` sends one `INSERT` per event, so a batch of 100 reports cost
     /// 100 round trips. Any unique violation (a concurrent commit at the same sequence, or an
-    /// email address taken meanwhile) and a snapshot that another commit moved are reported
-    /// as [`PersistenceError::OptimisticLockError`], and nothing of the commit is stored.
+    /// email address taken meanwhile) is reported as
+    /// [`PersistenceError::OptimisticLockError`], and nothing of the commit is stored.
     pub async fn append<A: Aggregate>(
         &self,
         events: &[SerializedEvent],
@@ -167,8 +167,7 @@ impl SealedRepository {
             _ => None,
         };
         match write_commit::<A>(&self.pool, &sealed, snapshot.as_ref()).await {
-            Ok(Some(position)) => Ok(position),
-            Ok(None) => Err(PersistenceError::OptimisticLockError),
+            Ok(position) => Ok(position),
             Err(error) => Err(self.write_failure(events, error).await),
         }
     }
@@ -210,9 +209,6 @@ pub struct SnapshotWrite {
     pub state: Value,
     /// The sequence of the commit's last event, which the state includes.
     pub last_sequence: usize,
-    /// The version of the snapshot the commit's aggregate was loaded from, or None when the
-    /// aggregate has no snapshot yet.
-    pub loaded_version: Option<usize>,
 }
 
 /// A failed write, before it is classified as a conflict or another failure.
@@ -233,30 +229,26 @@ impl From<WriteError> for PersistenceError {
     }
 }
 
-/// Runs the transaction of [`SealedRepository::append`]. Returns None when the snapshot was
-/// moved by another commit, after rolling back.
+/// Runs the transaction of [`SealedRepository::append`].
 async fn write_commit<A: Aggregate>(
     pool: &PgPool,
     events: &[SerializedEvent],
     snapshot: Option<&SnapshotWrite>,
-) -> Result<Option<i64>, WriteError> {
+) -> Result<i64, WriteError> {
     let mut transaction = pool.begin().await?;
     let position = insert_events::<A>(&mut transaction, events).await?;
     if let Some(snapshot) = snapshot {
         let aggregate_id = events
             .first()
             .map_or("", |event| event.aggregate_id.as_str());
-        if !write_snapshot::<A>(&mut transaction, aggregate_id, snapshot).await? {
-            transaction.rollback().await?;
-            return Ok(None);
-        }
+        write_snapshot::<A>(&mut transaction, aggregate_id, snapshot).await?;
     }
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(super::OUTBOX_CHANNEL)
         .execute(&mut *transaction)
         .await?;
     transaction.commit().await?;
-    Ok(Some(position))
+    Ok(position)
 }
 
 /// Inserts the events with one statement and returns the greatest position they got.
@@ -303,42 +295,35 @@ async fn insert_events<A: Aggregate>(
     Ok(position.unwrap_or_default())
 }
 
-/// Writes the first snapshot of an aggregate, or moves its existing one forward. Returns
-/// false when another commit moved the snapshot since this one was loaded.
+/// Writes the aggregate's snapshot, unless the stored one is at least as recent.
+///
+/// The insert of the commit's events already failed when another commit took the same
+/// sequences, so the snapshot needs no version check of its own. A command that loaded the
+/// snapshot and then the events after it, with another commit in between, has a correct
+/// state but a stale snapshot version, and its commit must still succeed.
 async fn write_snapshot<A: Aggregate>(
     transaction: &mut sqlx::PgConnection,
     aggregate_id: &str,
     snapshot: &SnapshotWrite,
-) -> Result<bool, WriteError> {
+) -> Result<(), WriteError> {
     let last_sequence = i64::try_from(snapshot.last_sequence).unwrap_or(i64::MAX);
-    let Some(loaded) = snapshot.loaded_version else {
-        sqlx::query(
-            "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot,
-                                    payload)
-             VALUES ($1, $2, $3, 1, $4::text::json)",
-        )
-        .bind(A::TYPE)
-        .bind(aggregate_id)
-        .bind(last_sequence)
-        .bind(snapshot.state.to_string())
-        .execute(&mut *transaction)
-        .await?;
-        return Ok(true);
-    };
-    let loaded = i64::try_from(loaded).unwrap_or(i64::MAX);
-    let updated = sqlx::query(
-        "UPDATE snapshots
-         SET last_sequence = $3, current_snapshot = $4 + 1, payload = $5::text::json
-         WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $4",
+    sqlx::query(
+        "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot,
+                                payload)
+         VALUES ($1, $2, $3, 1, $4::text::json)
+         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+         SET last_sequence = EXCLUDED.last_sequence,
+             current_snapshot = snapshots.current_snapshot + 1,
+             payload = EXCLUDED.payload
+         WHERE snapshots.last_sequence < EXCLUDED.last_sequence",
     )
     .bind(A::TYPE)
     .bind(aggregate_id)
     .bind(last_sequence)
-    .bind(loaded)
     .bind(snapshot.state.to_string())
     .execute(&mut *transaction)
     .await?;
-    Ok(updated.rows_affected() == 1)
+    Ok(())
 }
 
 impl PersistedEventRepository for SealedRepository {
