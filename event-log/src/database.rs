@@ -13,6 +13,13 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// Connects to `url`, creating the database if it does not exist, and applies migrations.
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     create_database_if_missing(url).await?;
+    connect_existing(url, max_connections).await
+}
+
+/// Connects to `url` and applies migrations, failing when the database does not exist. For
+/// tools that act on data already stored, where a mistyped name must not create an empty
+/// database.
+pub async fn connect_existing(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))

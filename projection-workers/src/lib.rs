@@ -111,7 +111,7 @@ pub async fn rebuild_read_models(
     options: RebuildOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<RebuildSummary> {
-    let pool = meridian_event_log::database::connect(
+    let pool = meridian_event_log::database::connect_existing(
         &settings.database_url,
         rebuild::DATABASE_CONNECTIONS,
     )

@@ -591,3 +591,31 @@ async fn rebuild_command_prints_summary() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn rebuild_of_a_missing_database_fails() {
+    with_stack(|stack| async move {
+        let missing = format!("{}_missing", stack.settings.database_url);
+
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_projection-workers"))
+            .arg("rebuild-read-models")
+            .env("MERIDIAN_DATABASE_URL", &missing)
+            .envs(stack.keys.env())
+            .output()
+            .await
+            .expect("run projection-workers");
+
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("does not exist"), "{stderr}");
+        let name = missing.rsplit('/').next().unwrap();
+        let created: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(name)
+                .fetch_one(&stack.pool)
+                .await
+                .unwrap();
+        assert!(!created, "{name} was created");
+    })
+    .await;
+}
