@@ -125,7 +125,7 @@ impl RateLimiter {
                 return Decision::Allowed;
             }
         };
-        // `hit` has counted this request; `check` asks whether one more would pass.
+        // `hit` has counted this request; `check` tells whether one more would pass.
         let over = if counting {
             count > limit.max
         } else {

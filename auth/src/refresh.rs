@@ -101,7 +101,7 @@ impl RefreshStore {
         let hash = token_hash(token).ok_or(RefreshError::Unknown)?;
         let mut transaction = self.pool.begin().await?;
         // Locking the token row serializes two refreshes with the same token: the second
-        // sees `used_at` and revokes the family.
+        // reads `used_at` and revokes the family.
         let row: Option<TokenRow> = sqlx::query_as(
             "SELECT t.family_id, t.expires_at, t.used_at, f.user_id, f.revoked_at \
              FROM auth_refresh_tokens t JOIN auth_refresh_families f USING (family_id) \

@@ -67,9 +67,9 @@ pub async fn store_events(pool: &PgPool, messages: &[EventMessage]) -> Result<()
 
 /// Splits `messages` into the runs that one `INSERT` stores: at most [`EVENTS_PER_INSERT`]
 /// each, and every `UserErased` event alone. The key check of profile and location events
-/// runs once per statement, after all of its rows, so an erase in the same statement as
-/// earlier events of its user would reject them, where a command service commit of those
-/// events before the erase succeeds.
+/// runs once per statement, after all of its rows. An erase in the same statement as
+/// earlier events of its user would therefore reject them, although the command service
+/// commits such events before the erase.
 fn insert_chunks(messages: &[EventMessage]) -> Vec<&[EventMessage]> {
     let mut chunks = Vec::new();
     let mut start = 0;

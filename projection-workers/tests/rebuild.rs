@@ -68,7 +68,7 @@ impl Stack {
             .expect("event cipher")
     }
 
-    /// Seals `messages` and returns them as the event store holds them.
+    /// Seals `messages` and returns them as the event store stores them.
     async fn seal(&self, messages: &[EventMessage]) -> Vec<EventMessage> {
         seal_messages(&self.sealer, messages)
             .await

@@ -335,7 +335,7 @@ async fn route_not_found(request: Request) -> ApiError {
     }
 }
 
-/// Answers an OPTIONS request that is not a CORS preflight, which the CORS layer passes on.
+/// Responds to an OPTIONS request that is not a CORS preflight, which the CORS layer passes on.
 async fn preflight() -> axum::http::StatusCode {
     axum::http::StatusCode::NO_CONTENT
 }

@@ -351,7 +351,7 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_session() {
     let third = refresh(&app, &second.body["refresh_token"]).await;
     assert_eq!(third.status, StatusCode::OK, "{}", third.body);
 
-    // The first token again: someone holds a copy, so the whole session ends.
+    // The first token again: someone has a copy, so the whole session ends.
     let reused = refresh(&app, &first).await;
     assert_error(&reused, StatusCode::UNAUTHORIZED, "invalid_refresh_token");
     assert!(reused.body["message"]

@@ -104,7 +104,7 @@ pub fn normalize_email(email: &str) -> String {
 }
 
 impl ReadModelRows {
-    /// Removes and returns the history rows folded so far, and forgets their event ids. A
+    /// Removes and returns the history rows folded so far, and clears their event ids. A
     /// later fold of one of those events would add its row again, so only a caller whose
     /// events are unique, such as a replay of the event store, may drain the history.
     pub fn take_history(&mut self) -> Vec<HistoryRow> {

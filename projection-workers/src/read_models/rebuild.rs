@@ -81,7 +81,7 @@ pub struct RebuildOptions {
     pub keep_primary_key: bool,
 }
 
-/// What a rebuild wrote and where its time went.
+/// The counts of a rebuild and the time of each stage.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RebuildSummary {
     /// Rows read from `events`.
@@ -389,7 +389,7 @@ impl<T> Drop for Task<T> {
     }
 }
 
-/// What the reader did.
+/// The counts and time of the reader.
 struct Read {
     events: u64,
     busy: f64,
@@ -610,7 +610,7 @@ async fn open_with_retries(
     }
 }
 
-/// What the writer copied.
+/// The rows the writer copied, and its busy and idle seconds.
 struct Copied {
     rows: u64,
     busy: f64,

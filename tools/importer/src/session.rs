@@ -612,15 +612,19 @@ mod tests {
         );
     }
 
-    #[test]
-    fn short_lifetime_renews_at_three_quarters() {
-        let mut tokens = Tokens {
+    fn empty_tokens() -> Tokens {
+        Tokens {
             access: Secret::new(""),
             refresh: Secret::new(""),
             renew_at: Instant::now(),
             refresh_expires_at: None,
             generation: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn short_lifetime_renews_at_three_quarters() {
+        let mut tokens = empty_tokens();
         let received = Instant::now();
         tokens.replace_with(token_response(40), received);
         assert_eq!(tokens.renew_at - received, Duration::from_secs(30));
@@ -629,13 +633,7 @@ mod tests {
 
     #[test]
     fn long_lifetime_renews_a_minute_early() {
-        let mut tokens = Tokens {
-            access: Secret::new(""),
-            refresh: Secret::new(""),
-            renew_at: Instant::now(),
-            refresh_expires_at: None,
-            generation: 0,
-        };
+        let mut tokens = empty_tokens();
         let received = Instant::now();
         tokens.replace_with(token_response(900), received);
         assert_eq!(tokens.renew_at - received, Duration::from_secs(840));
