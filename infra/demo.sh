@@ -10,14 +10,17 @@
 # Usage: infra/demo.sh [FILE]   (default: data/ais/nyharbor_2020_06_30_first_hour.csv)
 #
 # Environment:
-#   MERIDIAN_DEMO_WAIT_SECS  seconds to wait for the projections after the import (default: 120)
+#   MERIDIAN_DEMO_WAIT_SECS  seconds the importer and then this script wait for the
+#                            projections after the import (default: 600). The import sends
+#                            the first hour of reports in about 10 s, and the local broker
+#                            then needed about 4 minutes to pass them on (2026-12-05).
 set -euo pipefail
 
 # shellcheck source=infra/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DEFAULT_FILE=$REPO_ROOT/data/ais/nyharbor_2020_06_30_first_hour.csv
-WAIT_SECS=${MERIDIAN_DEMO_WAIT_SECS:-120}
+WAIT_SECS=${MERIDIAN_DEMO_WAIT_SECS:-600}
 # Seconds between two checks that the services are still running.
 WATCH_INTERVAL_SECS=10
 # File with the `Authorization` header of the admin's access token, which curl reads, so the
@@ -177,7 +180,7 @@ main() {
     log "open the live map at http://$QUERY_ADDR/ (or http://$QUERY_ADDR_2/) to watch the import;" \
         "log in as $ADMIN_EMAIL with the password in $(display_path "$ADMIN_PASSWORD_FILE")"
     started=$(date +%s%N)
-    "$REPO_ROOT/infra/import.sh" "$file"
+    "$REPO_ROOT/infra/import.sh" "$file" --wait-timeout-secs "$WAIT_SECS"
     finished=$(date +%s%N)
     wall_secs=$(python3 -c 'import sys; print((int(sys.argv[2]) - int(sys.argv[1])) / 1e9)' \
         "$started" "$finished")
